@@ -122,10 +122,10 @@ def _via_fabric(hosts, plans, cursors, opts: Options, redactor: Redactor,
                 progress: _Progress) -> dict[str, Collected]:
     by_name: dict[str, Collected] = {}
 
-    def command_for(h: Host) -> tuple[str, str]:
+    def command_for(h: Host) -> tuple[str, str, float]:
         args = {k: v for k, v in plans[h.name][0].items() if not k.startswith("_")}
         args["cursors"] = cursors[h.name]
-        return remote.python_command(h), _payload(args)
+        return remote.python_command(h), _payload(args), plans[h.name][0]["_timeout"]
 
     def done(o: remote.RemoteOutcome) -> None:
         c = Collected(o.host, None, error=redactor.text(o.error), seconds=o.seconds,
@@ -138,10 +138,8 @@ def _via_fabric(hosts, plans, cursors, opts: Options, redactor: Redactor,
         by_name[o.host] = c
         progress(c)
 
-    timeout = max(int(p[0]["_timeout"]) for p in plans.values())
     remote.run_many(list(hosts), command_for, forks=opts.forks,
-                    connect_timeout=opts.connect_timeout, command_timeout=timeout,
-                    on_done=done)
+                    connect_timeout=opts.connect_timeout, on_done=done)
     return by_name
 
 

@@ -117,18 +117,17 @@ def _ssh(host: Host, command: str, stdin: str, connect_timeout: int, command_tim
         conn.close()
 
 
-def run_many(hosts: list[Host], command_for: Callable[[Host], tuple[str, str]], *,
-             forks: int = 50, connect_timeout: int = 10, command_timeout: int = 60,
+def run_many(hosts: list[Host], command_for: Callable[[Host], tuple[str, str, float]], *,
+             forks: int = 50, connect_timeout: int = 10,
              on_done: Callable[[RemoteOutcome], None] | None = None
              ) -> dict[str, RemoteOutcome]:
-    """Run ``command_for(host) -> (command, stdin)`` on every host; outcomes by host name."""
+    """Run ``command_for(host) -> (command, stdin, timeout)`` on every host, in parallel."""
     results: dict[str, RemoteOutcome] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
         futures = {}
         for h in hosts:
-            command, stdin = command_for(h)
-            futures[pool.submit(_run_one, h, command, stdin, connect_timeout,
-                                 command_timeout)] = h
+            command, stdin, timeout = command_for(h)
+            futures[pool.submit(_run_one, h, command, stdin, connect_timeout, timeout)] = h
         for fut in as_completed(futures):
             res = fut.result()
             results[res.host] = res

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
 
     redactor = redactor or Redactor()
     outcomes: dict[str, HostOutcome] = {}
+    said: list[str] = []
 
     def handle(event: dict[str, Any]) -> bool:
         # Redact in place: ansible-runner writes the event to disk after this returns.
@@ -66,6 +68,8 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
                 event[key] = redactor.obj(event[key])
         kind = event.get("event")
         data = event.get("event_data") or {}
+        if kind in ("verbose", "error") and event.get("stdout"):
+            said.append(str(event["stdout"]))
         if kind in _OUTCOME and (task_action is None or data.get("task_action") == task_action):
             status = _OUTCOME[kind]
             if status == FAILED and data.get("ignore_errors"):
@@ -78,9 +82,11 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
 
     private = Path(tempfile.mkdtemp(prefix="mhops-runner-"))
     os.chmod(private, 0o700)
-    env = {"ANSIBLE_CONFIG": str(ANSIBLE_CFG), "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-           "ANSIBLE_LIBRARY": str(REPO / "library"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    # ansible-runner looks ansible-playbook up on PATH; use the one beside this Python.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {"PATH": path, "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
+           "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_LIBRARY": str(REPO / "library"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
     env.update(envvars or {})
     try:
         r = ansible_runner.run(
@@ -102,8 +108,9 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
             keep_artifacts.mkdir(parents=True, exist_ok=True, mode=0o700)
             artifacts = keep_artifacts / Path(r.config.artifact_dir).name
             shutil.copytree(r.config.artifact_dir, artifacts)
-        if r.status in ("error", "timeout", "canceled") and not outcomes:
-            raise MhopsError(f"ansible-runner {r.status} running {playbook} (rc {r.rc})")
+        if not outcomes and r.rc != 0:
+            why = " ".join(" ".join(said[-3:]).split())[-500:]
+            raise MhopsError(f"ansible-runner {r.status} running {playbook} (rc {r.rc}): {why}")
         return PlaybookRun(rc=r.rc, status=r.status, hosts=outcomes, artifacts=artifacts)
     finally:
         shutil.rmtree(private, ignore_errors=True)

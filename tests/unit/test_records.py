@@ -3,7 +3,7 @@
 import json
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,7 +51,7 @@ def _record(lang, tmp_path):
                            state_dir=tmp_path, lang=lang, operator="张工",
                            notified=["信息科值班"], feedback_note="已电话通知",
                            resolution="清理日志后恢复")
-    started = datetime(2026, 11, 28, 4, 0, 0, tzinfo=timezone.utc)
+    started = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
     return inspect.build_record(sel, plans, collected, opts, started)
 
 
