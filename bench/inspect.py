@@ -7,6 +7,8 @@ Starts N loopback sshd hosts (mhops.lab) and for N = 1, 5, 20 alternately times:
       OpenSSH connection,
   (c) inspect: `invoke inspect` on the same inventory (the full inspection, record
       written).
+For reference it also times setup with forks = N and `invoke inspect --transport
+ansible` (the same collector through ansible-runner).
 Every run starts cold: no SSH ControlMaster survives from an earlier run. Prints
 medians, `ratio inspect/setup N=<n>: <x>`, `ratio inspect/floor N=<n>: <x>` and the
 peak RSS of the inspect control process.
@@ -16,20 +18,27 @@ peak RSS of the inspect control process.
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+# This file is named inspect.py, which would shadow the standard library's inspect
+# for everything imported below: put the repo root in its place first.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import yaml
 
-from mhops.lab import SshLab  # noqa: E402
+from mhops.lab import SshLab
+
+REPO = Path(__file__).resolve().parent.parent
 
 BIN = Path(sys.executable).parent
 
@@ -60,6 +69,14 @@ def floor(lab: SshLab, hosts, env) -> float:
     return time.perf_counter() - t0
 
 
+def check_complete(records: Path, n: int) -> None:
+    newest = max(records.iterdir(), key=lambda p: p.stat().st_mtime)
+    rec = json.loads((newest / "record.json").read_text())
+    bad = [h["host"] for h in rec["hosts"] if not h["reachable"] or h["error"]]
+    if len(rec["hosts"]) != n or bad:
+        raise SystemExit(f"inspect did not complete on every host: {bad or rec['hosts']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -68,13 +85,14 @@ def main() -> None:
     sizes = [int(s) for s in a.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="mhops-bench-"))
     base_env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8"}
+    defaults_cfg = work / "ansible-defaults.cfg"  # Ansible's defaults, not this repo's cfg
+    defaults_cfg.write_text("[defaults]\n")
     with SshLab(work / "lab", max(sizes), first_octet=100, prefix="bench") as lab:
         print(f"{max(sizes)} loopback sshd hosts on 127.0.0.100+; {os.cpu_count()} cores")
         for n in sizes:
             hosts = lab.hosts[:n]
             inv = work / f"inv{n}"
             (inv / "group_vars").mkdir(parents=True)
-            lab.write_inventory(inv / "hosts.yml")
             # Shared machine: every host sees the same ports, so allow them; the checks
             # still all run.
             (inv / "group_vars" / "all.yml").write_text(
@@ -82,27 +100,39 @@ def main() -> None:
             inventory = {"all": {"children": {"lab": {"hosts": {
                 h.name: lab.inventory()["all"]["children"]["lab"]["hosts"][h.name]
                 for h in hosts}}}}}
-            import yaml
             (inv / "hosts.yml").write_text(yaml.safe_dump(inventory))
-            times: dict[str, list[float]] = {"setup": [], "floor": [], "inspect": []}
+            times: dict[str, list[float]] = {"setup": [], "floor": [], "inspect": [],
+                                             "setup_forks": [], "inspect_ansible": []}
             rss: list[int] = []
             for i in range(a.repeat):
                 cp = work / f"cp-{n}-{i}"
                 cp.mkdir()
-                setup_env = dict(base_env, ANSIBLE_CONFIG="/dev/null",
+                setup_env = dict(base_env, ANSIBLE_CONFIG=str(defaults_cfg),
                                  ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp / "setup"),
                                  ANSIBLE_HOME=str(work / "ansible-home"))
                 t, _ = timed([str(BIN / "ansible"), "all", "-i", str(inv), "-m", "setup"],
                              setup_env)
                 times["setup"].append(t)
+                forks_env = dict(setup_env, ANSIBLE_SSH_CONTROL_PATH_DIR=str(cp / "setup-f"))
+                t, _ = timed([str(BIN / "ansible"), "all", "-i", str(inv), "-m", "setup",
+                              "-f", str(n)], forks_env)
+                times["setup_forks"].append(t)
                 times["floor"].append(floor(lab, hosts, base_env))
                 insp_env = dict(base_env, INVOKE_MHOPS_RECORDS_DIR=str(work / "records"),
                                 INVOKE_MHOPS_STATE_DIR=str(work / "state"),
                                 ANSIBLE_HOME=str(work / "ansible-home"))
+                # exit 2 is allowed (20 collectors can saturate 2 cores: a real finding),
+                # but every host must have been inspected, or the timing means nothing.
                 t, peak = timed([str(BIN / "invoke"), "inspect", "-i", str(inv)], insp_env,
-                                ok=(0, 1))
+                                ok=(0, 1, 2))
+                check_complete(work / "records", n)
                 times["inspect"].append(t)
                 rss.append(peak)
+                t, _ = timed([str(BIN / "invoke"), "inspect", "-i", str(inv), "--transport",
+                              "ansible"], dict(insp_env, ANSIBLE_SSH_CONTROL_PATH_DIR=str(
+                                  cp / "inspect-ansible")), ok=(0, 1, 2))
+                check_complete(work / "records", n)
+                times["inspect_ansible"].append(t)
                 subprocess.run(["pkill", "-f", str(cp)], check=False)
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"N={n}: median setup {med['setup']:.2f}s  floor {med['floor']:.2f}s  "
@@ -110,6 +140,10 @@ def main() -> None:
                   f"inspect peak RSS {max(rss) / 1024:.0f} MB)")
             print(f"ratio inspect/setup N={n}: {med['inspect'] / med['setup']:.2f}")
             print(f"ratio inspect/floor N={n}: {med['inspect'] / med['floor']:.2f}")
+            print(f"  for reference: setup with -f {n} {med['setup_forks']:.2f}s "
+                  f"(inspect/setup-f{n} {med['inspect'] / med['setup_forks']:.2f}); "
+                  f"inspect --transport ansible {med['inspect_ansible']:.2f}s "
+                  f"(/setup {med['inspect_ansible'] / med['setup']:.2f})")
     shutil.rmtree(work, ignore_errors=True)
 
 
