@@ -66,6 +66,17 @@ class Collected:
     error: str = ""
     unreachable: bool = False
     seconds: float = 0.0
+    results: list[th.Result] | None = None
+
+    def judge(self, thresholds: dict[str, dict[str, float]], lang: str) -> list[th.Result]:
+        if self.results is None:
+            if self.raw is not None:
+                self.results = findings.classify_host(self.raw, thresholds, lang)
+            elif self.unreachable:
+                self.results = findings.unreachable(self.error, lang)
+            else:
+                self.results = findings.collector_failed(self.error, lang)
+        return self.results
 
 
 def operator_name(configured: str = "") -> str:
@@ -82,7 +93,7 @@ def run(opts: Options) -> Outcome:
     redactor = Redactor(secrets=selection.secrets)
     with state.locked(opts.state_dir, "inspect"):
         cursors = {h.name: state.load_cursors(opts.state_dir, h.name) for h in selection.hosts}
-        progress = _Progress(len(selection.hosts), opts.echo, opts.lang)
+        progress = _Progress(plans, opts.echo, opts.lang)
         if opts.transport == "fabric":
             collected = _via_fabric(selection.hosts, plans, cursors, opts, redactor, progress)
         else:
@@ -99,18 +110,24 @@ def run(opts: Options) -> Outcome:
 
 
 class _Progress:
-    """One redacted line per host as its result arrives."""
+    """One line per host as its result arrives: its status and what is worst (redacted)."""
 
-    def __init__(self, total: int, echo: Callable[[str], None], lang: str):
-        self.total, self.done, self.echo, self.lang = total, 0, echo, lang
+    def __init__(self, plans: dict[str, tuple], echo: Callable[[str], None], lang: str):
+        self.plans, self.total, self.done, self.echo, self.lang = plans, len(plans), 0, echo, lang
+        self.words = records.labels(lang)
 
     def __call__(self, c: Collected) -> None:
         self.done += 1
+        results = c.judge(self.plans[c.host][1], self.lang)
+        status = findings.host_status(results)
+        worst = [r for r in results if r.status == status and status in findings.ABNORMAL]
+        detail = "; ".join(" ".join(filter(None, (self.words["checks"].get(r.check, r.check),
+                                                  r.target, r.explanation)))
+                           for r in worst[:3])
+        more = f" (+{len(worst) - 3})" if len(worst) > 3 else ""
         width = len(str(self.total))
-        state_word = "ok" if c.raw is not None else ("unreachable" if c.unreachable else "failed")
-        detail = f"  {c.error}" if c.error else ""
-        self.echo(f"[{self.done:>{width}}/{self.total}] {c.host:<20} {state_word:<11} "
-                  f"{c.seconds:5.1f}s{detail}")
+        self.echo(f"[{self.done:>{width}}/{self.total}] {c.host:<20} "
+                  f"{self.words['statuses'][status]:<8} {c.seconds:5.1f}s  {detail}{more}")
 
 
 def _payload(args: dict[str, Any]) -> str:
@@ -196,12 +213,7 @@ def build_record(selection, plans, collected: dict[str, Collected], opts: Option
     hosts_out, events, content, statuses = [], [], [], []
     for h in selection.hosts:
         c = collected[h.name]
-        if c.raw is not None:
-            results = findings.classify_host(c.raw, plans[h.name][1], lang)
-        elif c.unreachable:
-            results = findings.unreachable(c.error, lang)
-        else:
-            results = findings.collector_failed(c.error, lang)
+        results = c.judge(plans[h.name][1], lang)
         status = findings.host_status(results)
         entry = {"host": h.name, "groups": list(h.groups), "reachable": not c.unreachable,
                  "status": status, "error": c.error or None,

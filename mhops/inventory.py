@@ -247,3 +247,18 @@ def ssh_params(host: Host) -> SshParams:
         python=python,
         become=become,
     )
+
+
+def testinfra_host(host: Host, sources: tuple[str, ...] | list[str]):
+    """A Testinfra host for post-condition checks, resolved from the same inventory.
+
+    SSH hosts go through Testinfra's ansible backend, which reuses ansible.cfg's
+    ``control_path`` so every check rides one kept SSH connection.
+    """
+    import testinfra
+
+    if host.local:
+        return testinfra.get_host("local://")
+    # Testinfra only uses the control path when its folder already exists.
+    Path("~/.ansible/cp").expanduser().mkdir(parents=True, exist_ok=True, mode=0o700)
+    return testinfra.get_host(f"ansible://{host.name}", ansible_inventory=str(sources[0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+# Testinfra's ansible backend runs ansible-inventory from PATH: use this environment's.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
 
 # Clearly fake identifiers: the area code and sequence are made up for tests only.
 FAKE_ID = "11010119900307123X"

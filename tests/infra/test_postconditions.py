@@ -71,3 +71,24 @@ def test_lock_released(done):
     ws, _, _ = done
     with open(ws.state / "inspect.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+
+
+@pytest.fixture(scope="module")
+def remote(done):
+    """Testinfra hosts resolved by mhops.inventory: the same resolution Ansible and Fabric use."""
+    from mhops.inventory import select, testinfra_host
+
+    ws, _, _ = done
+    sel = select([str(ws.inventory)])
+    return ws, {h.name: (h, testinfra_host(h, sel.sources)) for h in sel.hosts}
+
+
+@pytest.mark.parametrize("name", ["lab1", "lab2", "lab3"])
+def test_inspected_log_is_where_the_cursor_says_over_ssh(remote, name):
+    ws, hosts = remote
+    host, ti = hosts[name]
+    assert not host.local and ti.backend.NAME == "ansible"  # over SSH via ansible.cfg
+    f = ti.file(str(ws.log(name)))
+    assert f.exists and f.size == ws.log(name).stat().st_size
+    assert ti.socket(f"tcp://{host.vars['ansible_host']}:{host.vars['ansible_port']}"
+                     ).is_listening

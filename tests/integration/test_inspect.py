@@ -162,3 +162,36 @@ def test_plain_ansible_playbook_runs_unchanged_and_saves_cursors(ws):
     cursors = json.loads((ws.state / "cursors" / "lab2.json").read_text())
     assert cursors[str(ws.log("lab2"))]["offset"] == ws.log("lab2").stat().st_size
     assert yaml.safe_load((REPO / "playbooks" / "inspect.yml").read_text())
+
+
+@pytest.mark.parametrize("breakage", ["missing", "unreadable"])
+def test_bad_log_stops_run_names_file(ws, run_inspect, breakage):
+    log = ws.log("lab3")
+    log.unlink()
+    if breakage == "unreadable":
+        log.mkdir()  # root reads any mode-000 file; a directory really cannot be read
+    with pytest.raises(MhopsError, match=f"host lab3: log file {log}") as err:
+        run_inspect()
+    assert err.value.exit_code == 3
+    assert not ws.records.exists() or not ws.runs()
+    assert not (ws.state / "cursors").exists()
+
+
+def test_vault_values_are_decrypted_and_never_written(ws, run_inspect):
+    secret = "Zq7-vault-only-value-9"
+    pw = ws.root / "vault-pass"
+    pw.write_text("test-vault-password\n")
+    vault = REPO / ".venv" / "bin" / "ansible-vault"
+    enc = subprocess.run([str(vault if vault.exists() else "ansible-vault"), "encrypt_string",
+                          "--vault-password-file", str(pw), secret, "--name",
+                          "vault_callback_secret"], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    (ws.inventory / "host_vars").mkdir()
+    (ws.inventory / "host_vars" / "lab1.yml").write_text(enc)
+    ws.write("lab1", f"ERROR callback signature check used {secret} and failed")
+    with pytest.raises(MhopsError, match="vault"):
+        run_inspect()  # no password given: a clear error, not a crash
+    out = run_inspect(vault_password_file=str(pw))
+    assert log_count(out.record, "lab1") == 1
+    no_leak([out.record_dir], secret)
+    assert secret not in "\n".join(out.lines)
