@@ -16,6 +16,16 @@ os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 # Testinfra's ansible backend runs ansible-inventory from PATH: use this environment's.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
 
+def load_collector(name: str = "mhops_collect"):
+    """The collector imported from library/ as a plain module (it runs on remote hosts)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "library" / "mhops_collect.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # Clearly fake identifiers: the area code and sequence are made up for tests only.
 FAKE_ID = "11010119900307123X"
 FAKE_MOBILE = "13912345678"

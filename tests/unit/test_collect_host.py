@@ -7,7 +7,6 @@ module mhops_collect.
 
 import glob
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_collector
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR = ROOT / "library" / "mhops_collect.py"
@@ -31,14 +31,7 @@ RESULT_KEYS = {"collector_version", "hostname", "kernel", "collected_at", "durat
                "errors"}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("mhops_collect_host_test", COLLECTOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mc = _load()
+mc = load_collector("mhops_collect_host_test")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -7,7 +7,6 @@ Ansible and the SSH path use it.
 
 import bz2
 import gzip
-import importlib.util
 import lzma
 import os
 import re
@@ -17,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import load_collector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +24,7 @@ COLLECTOR = Path(__file__).resolve().parents[2] / "library" / "mhops_collect.py"
 PATTERNS = {"error": "ERROR", "timeout": "timed out"}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("mhops_collect_under_test", COLLECTOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mc = _load()
+mc = load_collector("mhops_collect_under_test")
 
 
 class AppLog:
