@@ -86,7 +86,9 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {"PATH": path, "ANSIBLE_CONFIG": str(ANSIBLE_CFG),
            "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_LIBRARY": str(REPO / "library"),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0",
+           # ansible-runner turns host key checking OFF unless told otherwise.
+           "ANSIBLE_HOST_KEY_CHECKING": "True"}
     env.update(envvars or {})
     try:
         r = ansible_runner.run(

@@ -140,6 +140,7 @@ def no_leak(paths, *needles: str) -> None:
 
 @pytest.fixture
 def clean_cp():
-    """Ansible's ControlPersist sockets outlive a test's sshd; drop them between tests."""
+    """Start without Ansible's kept SSH masters: a reused master skips the host key check."""
+    shutil.rmtree(Path.home() / ".ansible" / "cp", ignore_errors=True)
     yield
     shutil.rmtree(Path.home() / ".ansible" / "cp", ignore_errors=True)

@@ -195,3 +195,18 @@ def test_vault_values_are_decrypted_and_never_written(ws, run_inspect):
     assert log_count(out.record, "lab1") == 1
     no_leak([out.record_dir], secret)
     assert secret not in "\n".join(out.lines)
+
+
+@pytest.mark.parametrize("transport", ["fabric", "ansible"])
+def test_unknown_host_key_is_refused(tmp_path, lab, run_inspect, transport, clean_cp):
+    """Host key checking stays on: a host whose key is not known is not trusted."""
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    w = make_workspace(tmp_path / "custom", lab, hostvars={"lab2": {
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={empty} -o StrictHostKeyChecking=yes"
+                                   " -o GlobalKnownHostsFile=/dev/null"}})
+    out = run_inspect(transport, workspace=w)
+    by = {h["host"]: h for h in out.record["hosts"]}
+    assert by["lab2"]["reachable"] is False, by["lab2"]
+    assert by["lab1"]["reachable"] and by["lab3"]["reachable"]
+    assert out.exit_code == 2
