@@ -132,9 +132,35 @@ def schedule_remove(c, kind=None, check=False):
     print("removed: " + (", ".join(map(str, removed)) or "nothing"))
 
 
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_databases(c) -> None:
+    """Start PostgreSQL and MariaDB where they are installed but not running."""
+    import time
+
+    starts = {
+        5432: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | tail -1) main start",
+        3306: "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+    }
+    for port, command in starts.items():
+        if _listening(port) or not shutil.which(command.split()[0]):
+            continue
+        c.run(command, warn=True)
+        deadline = time.monotonic() + 30
+        while not _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 @task(help={"pytest_args": "extra arguments for pytest", "lint": "run ruff and ansible-lint"})
 def test(c, pytest_args="", lint=True):
-    """Run the whole test suite (installs openssh-server first when sshd is missing)."""
+    """Run the whole test suite (installs openssh-server, starts databases when needed)."""
+    _start_databases(c)
     if not Path("/usr/sbin/sshd").exists():
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise Exit("the integration tests need /usr/sbin/sshd: install openssh-server", 3)

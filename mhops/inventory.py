@@ -215,6 +215,7 @@ def ssh_params(host: Host) -> SshParams:
     """Translate Ansible connection variables for Fabric (paramiko)."""
     v = host.vars
     known: list[str] = []
+    global_known = ["/etc/ssh/ssh_known_hosts"]
     extra = " ".join(str(v.get(k, "")) for k in ("ansible_ssh_common_args",
                                                  "ansible_ssh_extra_args"))
     words = shlex.split(extra)
@@ -224,9 +225,11 @@ def ssh_params(host: Host) -> SshParams:
         name, _, val = opt.partition("=")
         if name.lower() == "userknownhostsfile":
             known.extend(os.path.expanduser(p) for p in val.split())
-    default_known = os.path.expanduser("~/.ssh/known_hosts")
-    if os.path.exists(default_known):
-        known.append(default_known)
+        elif name.lower() == "globalknownhostsfile":
+            global_known = [os.path.expanduser(p) for p in val.split()]
+    if not known:  # OpenSSH's defaults apply only when no UserKnownHostsFile is given
+        known.append(os.path.expanduser("~/.ssh/known_hosts"))
+    known = [k for k in known + global_known if os.path.isfile(k)]
     python = str(v.get("ansible_python_interpreter") or "python3")
     if python.startswith("auto"):
         python = "python3"
