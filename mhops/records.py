@@ -83,6 +83,8 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["num"] = lambda v: (f"{v:.2f}".rstrip("0").rstrip(".")
+                                    if isinstance(v, float) else ("" if v is None else v))
     env.filters["mdcell"] = lambda v: str("" if v is None else v).replace("|", "\\|").replace(
         "\n", " ")
     return env
