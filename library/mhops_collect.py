@@ -119,8 +119,9 @@ options:
     default: []
   system_logs:
     description:
-      - C(auto) (journald when present, else whichever of /var/log/syslog, /var/log/messages,
-        /var/log/kern.log exist), C(none), or a list of paths (C(journal) means journald).
+      - C(auto) (journald when present, else the first of /var/log/syslog, /var/log/messages
+        that exists, else /var/log/kern.log), C(none), or a list of paths (C(journal) means
+        journald).
     type: raw
     default: auto
   system_log_patterns:
@@ -1449,7 +1450,10 @@ def _log_jobs(cfg, errors):
         if _journald_present():
             sources = [JOURNAL_KEY]
         else:
-            sources = [p for p in SYSTEM_LOG_FILES if os.path.exists(p)]
+            # syslog/messages already carry the kernel's lines on rsyslog hosts: reading
+            # kern.log as well would count every kernel error twice.
+            found = [p for p in SYSTEM_LOG_FILES if os.path.exists(p)]
+            sources = [p for p in found if not p.endswith("kern.log")][:1] or found[:1]
         if not sources:
             jobs.append(("system", None, patterns))
     else:

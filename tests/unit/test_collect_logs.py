@@ -560,3 +560,20 @@ def test_chunk_matching_equals_line_by_line(lines, pattern):
     fast = None if mc._LINE_BOUND.search(pattern) else re.compile(pattern, re.MULTILINE)
     expected = [line for line in text.split("\n") if rx.search(line)]
     assert list(mc._matching_lines(text, rx, fast)) == expected
+
+
+@pytest.mark.parametrize("present, chosen", [
+    (["syslog", "kern.log"], "syslog"),
+    (["messages", "kern.log"], "messages"),
+    (["kern.log"], "kern.log"),
+])
+def test_auto_system_logs_reads_one_source(tmp_path, monkeypatch, present, chosen):
+    """kern.log lines are also in syslog on rsyslog hosts: auto must not count them twice."""
+    files = tuple(str(tmp_path / n) for n in ("syslog", "messages", "kern.log"))
+    for name in present:
+        (tmp_path / name).write_text("kernel: Out of memory: Killed process 42\n")
+    monkeypatch.setattr(mc, "SYSTEM_LOG_FILES", files)
+    monkeypatch.setattr(mc, "_journald_present", lambda: False)
+    result = mc.collect({"cpu_sample_seconds": 0})
+    assert [e["path"] for e in result["logs"]] == [str(tmp_path / chosen)]
+    assert result["logs"][0]["counts"] == {"error": 1}
