@@ -571,7 +571,7 @@ def test_auto_system_logs_reads_one_source(tmp_path, monkeypatch, present, chose
     """kern.log lines are also in syslog on rsyslog hosts: auto must not count them twice."""
     files = tuple(str(tmp_path / n) for n in ("syslog", "messages", "kern.log"))
     for name in present:
-        (tmp_path / name).write_text("kernel: Out of memory: Killed process 42\n")
+        (tmp_path / name).write_text("kernel: app[42]: segfault at 0 ip 0 sp 0\n")
     monkeypatch.setattr(mc, "SYSTEM_LOG_FILES", files)
     monkeypatch.setattr(mc, "_journald_present", lambda: False)
     result = mc.collect({"cpu_sample_seconds": 0})
