@@ -73,6 +73,139 @@ def inspect(c, inventory=None, limit=None, transport=None, lang=None, operator=N
         raise Exit(code=outcome.exit_code)
 
 
+def _levels_cfg(value):
+    """An invoke.yaml mapping (DataProxy) as a plain dict, or None when unset/empty."""
+    return {k: value[k] for k in value} if value else None
+
+
+@task(
+    iterable=["inventory", "database"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default backup.inventory",
+        "limit": "Ansible host pattern (hosts holding mhops_databases)",
+        "database": "logical name from mhops_databases (repeatable); default: all",
+        "backup_dir": "backup folder on the database hosts for entries without backup_dir",
+        "keep": "good backups kept per database (the newest and drills' .in-use never go)",
+        "check": "only show what would be dumped and deleted",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def backup_run(c, inventory=None, limit=None, database=None, backup_dir=None, keep=None,
+               check=False, lang=None, operator=None):
+    """Dump each database (pg_dump -Fc / mariadb-dump) with manifest and canary; retention."""
+    from mhops import backup
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.backup, c.config.mhops
+    opts = backup.RunOptions(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+        limit=limit,
+        databases=list(database or []),
+        backup_dir=backup_dir or cfg.dir,
+        keep=int(keep if keep is not None else cfg.keep),
+        check=check,
+        lang=lang or m.lang,
+        operator=operator or m.operator,
+        timezone=m.timezone,
+        forks=int(cfg.forks),
+        records_dir=_path(m.records_dir),
+        state_dir=_path(m.state_dir),
+        vault_password_file=m.vault_password_file or None,
+    )
+    try:
+        outcome = backup.run(opts)
+    except MhopsError as exc:
+        raise _fail(exc) from None
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+@task(
+    iterable=["inventory", "database"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default backup.inventory",
+        "limit": "Ansible host pattern (hosts holding mhops_databases)",
+        "database": "logical name from mhops_databases (repeatable); default: all",
+        "dir": "a folder of backups made by another tool (checked instead of the inventory)",
+        "glob": "filename glob for --dir, e.g. 'nightly-*.sql.gz'",
+        "engine": "postgresql or mariadb, for --dir (default: guessed from the file)",
+        "name": "name shown for --dir (default: the folder name)",
+        "rpo_warning": "hours: newest backup older than this is a WARNING",
+        "rpo_critical": "hours: newest backup older than this is CRITICAL",
+        "log": "the backup job's log to scan for errors",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*",
+                 engine=None, name=None, rpo_warning=None, rpo_critical=None, log=None,
+                 lang=None, operator=None):
+    """Check backups: age vs RPO, size shrink, checksum vs manifest, truncation, job log."""
+    from mhops import backup
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.backup, c.config.mhops
+    rpo = dict(_levels_cfg(cfg.rpo_hours) or {})
+    if rpo_warning is not None:
+        rpo["warning"] = float(rpo_warning)
+    if rpo_critical is not None:
+        rpo["critical"] = float(rpo_critical)
+    try:
+        external = [backup.external_target(str(_path(dir)), glob, engine, name)] if dir else []
+        opts = backup.CheckOptions(
+            inventory=[] if dir and not database else
+            [str(_path(i)) for i in (inventory or [cfg.inventory])],
+            limit=limit,
+            databases=list(database or []),
+            backup_dir=cfg.dir,
+            external=external,
+            rpo_hours=rpo or None,
+            size_shrink=_levels_cfg(cfg.size_shrink),
+            size_window=int(cfg.size_window),
+            log=str(_path(log or cfg.log)) if (log or cfg.log) else None,
+            log_patterns=_levels_cfg(cfg.log_patterns),
+            log_matches=_levels_cfg(cfg.log_matches),
+            log_tail_bytes=int(cfg.log_tail_bytes),
+            deep=bool(cfg.deep),
+            lang=lang or m.lang,
+            operator=operator or m.operator,
+            timezone=m.timezone,
+            records_dir=_path(m.records_dir),
+            vault_password_file=m.vault_password_file or None,
+        )
+        outcome = backup.check(opts)
+    except MhopsError as exc:
+        raise _fail(exc) from None
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+@task(help={"engine": "postgresql, mariadb or both (default)",
+            "database": "database to create/fill (default demo.database)",
+            "size": "1 = a few thousand rows; 150 = about 1M rows / 213 MiB",
+            "drop": "recreate the demo tables when they exist",
+            "seed": "random seed (same seed, size and day = same rows)"})
+def demo_seed_db(c, engine="both", database=None, size=1, drop=False, seed=20261128):
+    """Create the platform's kind of demo data (fake patients, payments, ...) in a database."""
+    from mhops import dbseed
+    from mhops.errors import MhopsError
+
+    cfg = c.config.demo
+    engines = dbseed.ENGINES if engine == "both" else (engine,)
+    for e in engines:
+        server = cfg[e]
+        try:
+            rows = dbseed.seed(e, host=server.host, port=int(server.port), user=server.user,
+                               password=os.environ.get(server.password_env or "", ""),
+                               database=database or cfg.database, size=int(size), drop=drop,
+                               seed=int(seed))
+        except MhopsError as exc:
+            raise _fail(exc) from None
+        print(f"{e}: {database or cfg.database}: " + ", ".join(
+            f"{t} {n}" for t, n in rows.items()) + f" ({sum(rows.values())} rows)")
+
+
 def _schedule_plan(c, kind, when, user, log, inventory):
     from mhops import schedule
 
@@ -180,4 +313,9 @@ schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
 schedule.add_task(schedule_remove, "remove")
-ns = Collection(inspect, test, schedule)
+backup = Collection("backup")
+backup.add_task(backup_run, "run")
+backup.add_task(backup_check, "check")
+demo = Collection("demo")
+demo.add_task(demo_seed_db, "seed-db")
+ns = Collection(inspect, test, schedule, backup, demo)

@@ -9,9 +9,7 @@ log lines and leaves no partial record.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,10 +75,6 @@ class Collected:
             else:
                 self.results = findings.collector_failed(self.error, lang)
         return self.results
-
-
-def operator_name(configured: str = "") -> str:
-    return configured or os.environ.get("MHOPS_OPERATOR") or getpass.getuser()
 
 
 def run(opts: Options) -> Outcome:
@@ -242,14 +236,8 @@ def build_record(selection, plans, collected: dict[str, Collected], opts: Option
         "lang": lang,
         "status": th.worst([e["status"] for e in hosts_out]),
         "exit_code": th.exit_code(statuses, unreachable),
-        "time": {
-            "started_utc": records.iso(started), "finished_utc": records.iso(finished),
-            "started_local": records.local_iso(started, opts.timezone),
-            "finished_local": records.local_iso(finished, opts.timezone),
-            "timezone": opts.timezone,
-            "duration_s": round((finished - started).total_seconds(), 1),
-        },
-        "operator": operator_name(opts.operator),
+        "time": records.time_block(started, finished, opts.timezone),
+        "operator": records.operator_name(opts.operator),
         "scope": {"inventory": list(selection.sources), "limit": selection.limit,
                   "hosts": selection.names, "groups": selection.groups},
         "content": content,

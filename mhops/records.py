@@ -9,6 +9,7 @@ partial run folder). Also records provenance: the ops repo's git revision.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -47,6 +48,18 @@ def local_iso(dt: datetime, tz: str) -> str:
         return dt.astimezone().isoformat()
 
 
+def time_block(started: datetime, finished: datetime, tz: str) -> dict[str, Any]:
+    """A run's start and end in UTC and in the hospital's time zone."""
+    return {"started_utc": iso(started), "finished_utc": iso(finished),
+            "started_local": local_iso(started, tz), "finished_local": local_iso(finished, tz),
+            "timezone": tz, "duration_s": round((finished - started).total_seconds(), 1)}
+
+
+def operator_name(configured: str = "") -> str:
+    """执行人: from config or flag, else $MHOPS_OPERATOR, else the login name."""
+    return configured or os.environ.get("MHOPS_OPERATOR") or getpass.getuser()
+
+
 def run_id(kind: str, started: datetime) -> str:
     return f"{started.astimezone(UTC):%Y%m%dT%H%M%SZ}-{kind}"
 
@@ -66,10 +79,19 @@ def ops_revision() -> str:
 
 @cache
 def labels(lang: str) -> dict[str, Any]:
+    """Labels for `lang`: ``i18n/<lang>.yml`` plus one file per record kind in ``<lang>.d/``."""
     if lang not in LANGS:
         raise MhopsError(f"unknown language {lang!r}; valid: {', '.join(LANGS)}")
-    with open(TEMPLATES / "i18n" / f"{lang}.yml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    merged: dict[str, Any] = {}
+    base = TEMPLATES / "i18n"
+    for path in [base / f"{lang}.yml", *sorted((base / f"{lang}.d").glob("*.yml"))]:
+        with open(path, encoding="utf-8") as fh:
+            for key, value in (yaml.safe_load(fh) or {}).items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+    return merged
 
 
 @cache

@@ -132,3 +132,11 @@ def test_unknown_language_is_an_error():
     from mhops.errors import MhopsError
     with pytest.raises(MhopsError, match="unknown language"):
         records.labels("fr")
+
+
+@pytest.mark.parametrize("lang", ["zh-CN", "en"])
+def test_labels_merge_per_kind_files(lang):
+    """Each record kind keeps its labels in i18n/<lang>.d/; they must reach the templates."""
+    words = records.labels(lang)
+    assert "statuses" in words and "checks" in words
+    assert "backup_run" in words and "backup_check" in words

@@ -1,0 +1,702 @@
+"""Database backups: ``invoke backup.run`` and ``invoke backup.check``.
+
+Owns the backup run (select the hosts holding ``mhops_databases``, check the entries,
+hold the backup lock, run the ``mhops_backup`` role on those hosts through
+ansible-runner, record each database's file, size, duration, tables and outcome) and
+the backup check (newest backup age against the RPO target, size against the previous
+backups, checksum against the manifest, empty or truncated files, errors in the backup
+job's log; Nagios-style OK/WARNING/CRITICAL per item). The file layout and manifest
+are the shared contract in ``roles/mhops_backup/library/mhops_backup_files.py``.
+
+The checking rules that need no I/O are the pure functions at the top of this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import json
+import re
+import statistics
+import subprocess
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mhops import records, state
+from mhops import thresholds as th
+from mhops.errors import MhopsError
+from mhops.inventory import Host, select
+from mhops.redact import Redactor
+
+SCHEMA_VERSION = 1
+ENGINES = ("postgresql", "mariadb")
+EXTS = ("dump", "sql", "sql.gz")
+NAGIOS = {th.NORMAL: "OK", th.WARNING: "WARNING", th.CRITICAL: "CRITICAL", th.UNKNOWN: "UNKNOWN"}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAMP = re.compile(r"-(\d{8}T\d{6}Z)\.(?:dump|sql|sql\.gz)$")
+FOOTERS = {"mariadb": b"-- Dump completed", "postgresql": b"-- PostgreSQL database dump complete"}
+PG_MAGIC = b"PGDMP"
+
+DEFAULT_RPO_HOURS = {"warning": 26.0, "critical": 50.0}
+DEFAULT_SHRINK = {"warning": 0.5, "critical": 0.2}
+DEFAULT_LOG_MATCHES = {"warning": 1.0, "critical": 10.0}
+DEFAULT_LOG_PATTERNS = {"error": r"(?i)\b(error|fatal|failed|failure|denied)\b"}
+
+
+# ---------------------------------------------------------------- pure checking rules
+
+def age_status(age_hours: float | None, warning: float, critical: float) -> str:
+    """Newest backup age against the RPO target; no backup at all is critical."""
+    if age_hours is None or age_hours >= critical:
+        return th.CRITICAL
+    return th.WARNING if age_hours >= warning else th.NORMAL
+
+
+def size_anomaly(newest: int, previous: list[int], warning: float = 0.5,
+                 critical: float = 0.2, window: int = 5) -> tuple[str, float | None]:
+    """(status, ratio of `newest` to the median of the last `window` previous sizes).
+
+    `previous` is oldest first. A sudden shrink below `warning` (`critical`) times the
+    median is an anomaly; growth never is. Without history the rule cannot judge.
+    """
+    recent = [s for s in previous[-window:] if s > 0]
+    if not recent:
+        return th.UNKNOWN, None
+    ratio = newest / statistics.median(recent)
+    if ratio < critical:
+        return th.CRITICAL, ratio
+    if ratio < warning:
+        return th.WARNING, ratio
+    return th.NORMAL, ratio
+
+
+def has_footer(tail: bytes, engine: str) -> bool:
+    """Whether a plain SQL dump ends with its tool's completion comment.
+
+    mariadb-dump/mysqldump write ``-- Dump completed on ...`` as their last line and
+    pg_dump (plain) ``-- PostgreSQL database dump complete``; a dump cut short lacks it.
+    Only the last non-blank lines count, so the phrase inside table data does not.
+    """
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    want = FOOTERS[engine]
+    if engine == "postgresql":
+        # pg_dump 15.14+ ends with a \unrestrict line after the footer.
+        lines = [ln for ln in lines if not ln.startswith(b"\\unrestrict")]
+        return any(ln.startswith(want) for ln in lines[-2:])
+    return bool(lines) and lines[-1].startswith(want)
+
+
+def compare_manifest(manifest: dict[str, Any] | None, *, basename: str, size: int,
+                     sha256: str | None, ours: bool) -> tuple[str, str]:
+    """(status, reason) of a backup file against its manifest.
+
+    A backup of ours without a manifest is incomplete (the manifest is written last);
+    another tool's backup without one simply has nothing to compare with.
+    """
+    if manifest is None:
+        if ours:
+            return th.CRITICAL, "no manifest: the backup is incomplete"
+        return th.UNKNOWN, "not applicable: no manifest (backup made by another tool)"
+    if manifest.get("file") not in (None, basename):
+        return th.CRITICAL, f"manifest names another file ({manifest.get('file')})"
+    if manifest.get("size") is not None and manifest["size"] != size:
+        return th.CRITICAL, f"size {size} differs from the manifest's {manifest['size']}"
+    if not manifest.get("sha256"):
+        return th.UNKNOWN, "the manifest holds no sha256"
+    if sha256 != manifest["sha256"]:
+        return th.CRITICAL, "sha256 differs from the manifest: the file changed or is corrupt"
+    return th.NORMAL, "sha256 and size match the manifest"
+
+
+def count_matches(lines: list[str], patterns: dict[str, re.Pattern]) -> dict[str, int]:
+    return {name: sum(1 for ln in lines if rx.search(ln)) for name, rx in patterns.items()}
+
+
+def level_status(value: float, levels: dict[str, float], higher_is_worse: bool = True) -> str:
+    def worse(limit: float | None) -> bool:
+        if limit is None:
+            return False
+        return value >= limit if higher_is_worse else value < limit
+    if worse(levels.get("critical")):
+        return th.CRITICAL
+    return th.WARNING if worse(levels.get("warning")) else th.NORMAL
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def delta_seconds(delta: str | None) -> float | None:
+    """ansible's command `delta` ("0:01:02.345678") in seconds."""
+    m = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(delta or ""))
+    return round(int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]), 3) if m else None
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _levels(raw: Any, default: dict[str, float], key: str,
+            higher_is_worse: bool = True) -> dict[str, float]:
+    if raw is None:
+        return dict(default)
+    if not isinstance(raw, dict) or set(raw) - {"warning", "critical"}:
+        raise MhopsError(f"backup.{key} must be a mapping with warning and/or critical, "
+                         f"got {raw!r}")
+    out = dict(default)
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise MhopsError(f"backup.{key}.{k} must be a non-negative number, got {v!r}")
+        out[k] = float(v)
+    w, c = out["warning"], out["critical"]
+    if (c < w) if higher_is_worse else (c > w):
+        raise MhopsError(f"backup.{key}: critical ({c:g}) and warning ({w:g}) are in the "
+                         "wrong order")
+    return out
+
+
+def database_entries(host: Host, only: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """The checked `mhops_databases` entries of `host` (all, or those named in `only`)."""
+    raw = host.vars.get("mhops_databases") or []
+    path, line = host.where("mhops_databases")
+    if not isinstance(raw, list):
+        raise MhopsError(f"host {host.name}: mhops_databases must be a list", path=path,
+                         line=line)
+    out = []
+    for i, entry in enumerate(raw):
+        where = host.where(f"mhops_databases[{i}]")
+        p, ln = where if where[0] else (path, line)
+        if not isinstance(entry, dict):
+            raise MhopsError(f"host {host.name}: mhops_databases[{i}] must be a mapping",
+                             path=p, line=ln)
+        name = str(entry.get("name", ""))
+        problems = []
+        if not _NAME.match(name):
+            problems.append("name must be letters, digits, '_', '.' or '-'")
+        if entry.get("engine") not in ENGINES:
+            problems.append(f"engine must be one of {', '.join(ENGINES)}, "
+                            f"got {entry.get('engine')!r}")
+        if not entry.get("database"):
+            problems.append("database is missing")
+        bdir = entry.get("backup_dir")
+        if bdir is not None and not str(bdir).startswith("/"):
+            problems.append(f"backup_dir must be an absolute path, got {bdir!r}")
+        unknown = set(entry) - {"name", "engine", "host", "port", "user", "password",
+                                "database", "production", "backup_dir"}
+        if unknown:
+            problems.append(f"unknown keys {', '.join(sorted(unknown))}")
+        if problems:
+            raise MhopsError(f"host {host.name}: mhops_databases[{i}] ({name or '?'}): "
+                             + "; ".join(problems), path=p, line=ln)
+        if not only or name in only:
+            out.append(entry)
+    return out
+
+
+def _selected(inventory: list[str], limit: str | None, only: list[str],
+              vault_password_file: str | None):
+    selection = select(inventory, limit, vault_password_file)
+    chosen = [(h, database_entries(h, only)) for h in selection.hosts]
+    chosen = [(h, dbs) for h, dbs in chosen if dbs]
+    found = {d["name"] for _, dbs in chosen for d in dbs}
+    missing = [n for n in only if n not in found]
+    if missing:
+        raise MhopsError(f"no mhops_databases entry named {', '.join(missing)} on the selected "
+                         f"hosts ({', '.join(selection.names)})")
+    if not chosen:
+        raise MhopsError("none of the selected hosts has mhops_databases "
+                         f"({', '.join(selection.names)})")
+    return selection, chosen
+
+
+# ---------------------------------------------------------------- backup.run
+
+@dataclass
+class RunOptions:
+    inventory: list[str]
+    records_dir: Path
+    state_dir: Path
+    limit: str | None = None
+    databases: list[str] = field(default_factory=list)
+    backup_dir: str = "/var/backups/mhops"
+    keep: int = 7
+    check: bool = False
+    lang: str = "zh-CN"
+    operator: str = ""
+    timezone: str = "Asia/Shanghai"
+    forks: int = 10
+    vault_password_file: str | None = None
+    echo: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    record_dir: Path
+    record: dict[str, Any]
+
+
+def run(opts: RunOptions) -> Outcome:
+    """Back up the selected databases on their hosts, apply retention, write the record."""
+    if isinstance(opts.keep, bool) or not isinstance(opts.keep, int) or opts.keep < 1:
+        raise MhopsError(f"backup.keep must be a positive integer, got {opts.keep!r}")
+    if not str(opts.backup_dir).startswith("/"):
+        raise MhopsError(f"backup.dir must be an absolute path on the database hosts, "
+                         f"got {opts.backup_dir!r}")
+    records.labels(opts.lang)
+    started = records.utc_now()
+    selection, chosen = _selected(opts.inventory, opts.limit, opts.databases,
+                                  opts.vault_password_file)
+    redactor = Redactor(secrets=selection.secrets)
+    tokens = {d["name"]: uuid.uuid4().hex for _, dbs in chosen for d in dbs}
+    with state.locked(opts.state_dir, "backup"):
+        from mhops import runner
+
+        outcomes: dict[str, runner.HostOutcome] = {}
+        pb = runner.run_playbook(
+            "playbooks/backup.yml", inventory=opts.inventory,
+            limit=",".join(h.name for h, _ in chosen),
+            extravars={"mhops_backup_only": list(opts.databases),
+                       "mhops_backup_dir": str(opts.backup_dir),
+                       "mhops_backup_keep": int(opts.keep),
+                       "mhops_backup_plan_only": bool(opts.check),
+                       "mhops_backup_tokens": tokens},
+            forks=opts.forks, task_action="ansible.builtin.debug", redactor=redactor,
+            on_host=lambda o: outcomes.__setitem__(o.host, o))
+        entries = _run_entries(chosen, outcomes, pb)
+        record = _run_record(selection, entries, opts, started)
+        run_dir = records.write_run(opts.records_dir, "backup_run", record, redactor)
+    _echo_run(record, opts.echo)
+    opts.echo(str(run_dir))
+    return Outcome(record["exit_code"], run_dir, record)
+
+
+def _run_entries(chosen, outcomes, pb) -> list[dict[str, Any]]:
+    out = []
+    for host, dbs in chosen:
+        o = outcomes.get(host.name)
+        msg = (o.result.get("msg") if o and o.status == "ok" else None) or {}
+        got = {r["name"]: r for r in msg.get("results", [])} if isinstance(msg, dict) else {}
+        for d in dbs:
+            r = dict(got.get(d["name"]) or {})
+            if not r:
+                why = o.message if o else f"no result from Ansible ({pb.status})"
+                r = {"outcome": "failed", "error": why}
+            tables = r.get("tables") or {}
+            size = r.get("size")
+            started, finished = parse_time(r.get("started_at")), parse_time(r.get("finished_at"))
+            out.append({
+                "host": host.name, "name": d["name"], "engine": d["engine"],
+                "database": d["database"], "production": bool(d.get("production", False)),
+                "db_endpoint": f"{d.get('host', '127.0.0.1')}:{d.get('port', '')}",
+                "outcome": r.get("outcome", "failed"),
+                "status": {"ok": th.NORMAL, "planned": th.NORMAL}.get(r.get("outcome"),
+                                                                       th.CRITICAL),
+                "folder": r.get("folder"),
+                "file": (Path(r["path"]).name if r.get("outcome") == "ok" and r.get("path")
+                         else None),
+                "planned_file": r.get("planned_file"),
+                "size": int(size) if size not in (None, "") else None,
+                "sha256": r.get("sha256"),
+                "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
+                "duration_s": ((finished - started).total_seconds()
+                               if started and finished else None),
+                "dump_seconds": delta_seconds(r.get("dump_seconds")),
+                "server_version": r.get("server_version"),
+                "tables_count": len(tables), "rows_total": sum(int(v) for v in tables.values()),
+                "tables": {k: int(v) for k, v in tables.items()},
+                "retention": r.get("retention") or {"deleted": [], "kept": [], "in_use": [],
+                                                    "incomplete": []},
+                "error": r.get("error"), "failed_task": r.get("failed_task"),
+            })
+    return out
+
+
+def _run_record(selection, entries, opts: RunOptions, started) -> dict[str, Any]:
+    finished = records.utc_now()
+    statuses = [e["status"] for e in entries]
+    events = [{"host": e["host"], "name": e["name"], "status": e["status"],
+               "explanation": e["error"] or "",
+               "resolution": _RUN_FIX[opts.lang]} for e in entries if e["outcome"] == "failed"]
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": "backup_run",
+        "run_id": records.run_id("backup_run", started), "lang": opts.lang,
+        "check_mode": bool(opts.check),
+        "status": th.worst(statuses), "exit_code": th.exit_code(statuses),
+        "time": records.time_block(started, finished, opts.timezone),
+        "operator": records.operator_name(opts.operator),
+        "scope": {"inventory": list(selection.sources), "limit": selection.limit,
+                  "hosts": sorted({e["host"] for e in entries}),
+                  "databases": [e["name"] for e in entries]},
+        "settings": {"backup_dir": opts.backup_dir, "keep": opts.keep},
+        "backups": entries,
+        "summary": {"total": len(entries),
+                    "ok": sum(e["outcome"] == "ok" for e in entries),
+                    "failed": sum(e["outcome"] == "failed" for e in entries),
+                    "planned": sum(e["outcome"] == "planned" for e in entries),
+                    "bytes": sum(e["size"] or 0 for e in entries),
+                    "deleted": sum(len(e["retention"]["deleted"]) for e in entries)},
+        "events": events,
+        "ops_revision": records.ops_revision(),
+    }
+
+
+_RUN_FIX = {
+    "zh-CN": "查看错误信息（数据库连接、权限、磁盘空间），修复后重新执行 invoke backup.run；"
+             "未完成的临时文件已删除。",
+    "en": "Read the error (connection, privileges, disk space), fix it and run "
+          "invoke backup.run again; the unfinished temp file was removed.",
+}
+
+
+def _echo_run(record: dict[str, Any], echo: Callable[[str], None]) -> None:
+    for e in record["backups"]:
+        if e["outcome"] == "planned":
+            echo(f"PLAN {e['host']} {e['name']}: would dump {e['engine']} database "
+                 f"{e['database']} to {e['folder']}/{e['planned_file']}; retention would "
+                 f"delete {', '.join(e['retention']['deleted']) or 'nothing'}")
+        elif e["outcome"] == "ok":
+            echo(f"OK   {e['host']} {e['name']}: {e['file']} {e['size']} bytes, "
+                 f"{e['tables_count']} tables, {e['rows_total']} rows, "
+                 f"{e['dump_seconds']} s; deleted {', '.join(e['retention']['deleted']) or '-'}")
+        else:
+            echo(f"FAIL {e['host']} {e['name']}: {e['error']}")
+    if record["check_mode"]:
+        echo("(check mode: nothing was written, dumped or deleted)")
+
+
+# ---------------------------------------------------------------- backup.check
+
+@dataclass
+class CheckTarget:
+    name: str
+    folder: Path
+    glob: str
+    engine: str | None = None
+    ours: bool = True
+    host: str = "localhost"
+
+
+@dataclass
+class CheckOptions:
+    records_dir: Path
+    inventory: list[str] = field(default_factory=list)
+    limit: str | None = None
+    databases: list[str] = field(default_factory=list)
+    backup_dir: str = "/var/backups/mhops"
+    external: list[CheckTarget] = field(default_factory=list)
+    rpo_hours: dict[str, float] | None = None
+    size_shrink: dict[str, float] | None = None
+    size_window: int = 5
+    log: str | None = None
+    log_patterns: dict[str, str] | None = None
+    log_matches: dict[str, float] | None = None
+    log_tail_bytes: int = 262144
+    deep: bool = True
+    lang: str = "zh-CN"
+    operator: str = ""
+    timezone: str = "Asia/Shanghai"
+    vault_password_file: str | None = None
+    now: datetime | None = None
+    echo: Callable[[str], None] = print
+
+
+def external_target(folder: str, glob: str, engine: str | None = None,
+                    name: str | None = None) -> CheckTarget:
+    """A folder of backups made by another tool, matched by a filename glob."""
+    if engine is not None and engine not in ENGINES:
+        raise MhopsError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    p = Path(folder)
+    if not p.is_dir():
+        raise MhopsError("backup folder does not exist or is not a folder", path=str(p))
+    return CheckTarget(name=name or p.name, folder=p, glob=glob, engine=engine, ours=False)
+
+
+def _targets(opts: CheckOptions) -> tuple[list[CheckTarget], list[str], Any]:
+    targets = list(opts.external)
+    sources: list[str] = []
+    selection = None
+    if opts.inventory and (opts.databases or not targets):
+        selection, chosen = _selected(opts.inventory, opts.limit, opts.databases,
+                                      opts.vault_password_file)
+        sources = list(selection.sources)
+        for h, dbs in chosen:
+            if not h.local:
+                raise MhopsError(f"host {h.name}: backup.check reads backup folders on this "
+                                 "machine; run it on that host or give --dir for a mounted copy")
+            for d in dbs:
+                folder = Path(d.get("backup_dir") or opts.backup_dir) / d["name"]
+                targets.append(CheckTarget(d["name"], folder, f"{d['name']}-*", d["engine"],
+                                           True, h.name))
+    if not targets:
+        raise MhopsError("nothing to check: give an inventory with mhops_databases or --dir")
+    return targets, sources, selection
+
+
+@dataclass
+class _File:
+    path: Path
+    size: int
+    when: datetime
+    manifest: dict[str, Any] | None
+    manifest_error: str | None = None
+
+
+def _files(t: CheckTarget) -> list[_File]:
+    """Backups of a target, oldest first (manifest end time, else the file's mtime)."""
+    if not t.folder.is_dir():
+        return []
+    out = []
+    for p in t.folder.iterdir():
+        if (p.name.startswith(".") or not p.is_file() or p.name.endswith(".manifest.json")
+                or not fnmatch.fnmatchcase(p.name, t.glob)):
+            continue
+        if t.ours and not any(p.name.endswith("." + e) for e in EXTS):
+            continue
+        st = p.stat()
+        stem = p.name
+        for e in sorted(EXTS, key=len, reverse=True):
+            if stem.endswith("." + e):
+                stem = stem[: -len(e) - 1]
+                break
+        mpath = p.with_name(stem + ".manifest.json")
+        manifest, err = None, None
+        if mpath.exists():
+            try:
+                manifest = json.loads(mpath.read_text())
+                if not isinstance(manifest, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                manifest, err = None, f"manifest unreadable: {exc}"
+        when = parse_time((manifest or {}).get("finished_at")) or datetime.fromtimestamp(
+            st.st_mtime, UTC)
+        out.append(_File(p, st.st_size, when, manifest, err))
+    if t.ours:
+        out.sort(key=lambda f: (m[1] if (m := _STAMP.search(f.path.name)) else "", f.when))
+    else:
+        out.sort(key=lambda f: (f.when, f.path.name))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tail(path: Path, n: int = 4096) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - n))
+        return fh.read()
+
+
+def _gzip_tail(path: Path, n: int = 4096) -> bytes:
+    """Decompress the whole stream (a truncated .gz raises) and keep its last bytes."""
+    tail = b""
+    with gzip.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            tail = (tail + block)[-n:]
+    return tail
+
+
+def integrity(path: Path, engine: str | None, deep: bool = True) -> tuple[str, str]:
+    """(status, reason): empty, unreadable custom dump, SQL dump without its footer."""
+    size = path.stat().st_size
+    if size == 0:
+        return th.CRITICAL, "the file is empty"
+    with open(path, "rb") as fh:
+        head = fh.read(5)
+    if head == PG_MAGIC:
+        r = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True,
+                           text=True, timeout=600)
+        if r.returncode != 0:
+            return th.CRITICAL, "pg_restore --list cannot read it: " + " ".join(
+                r.stderr.split())[:300]
+        if deep:
+            # --list reads only the table of contents; a full read finds a cut data part.
+            r = subprocess.run(["pg_restore", "--file=/dev/null", str(path)],
+                               capture_output=True, text=True, timeout=3600)
+            if r.returncode != 0:
+                return th.CRITICAL, "pg_restore cannot read the data: " + " ".join(
+                    r.stderr.split())[:300]
+        return th.NORMAL, "custom-format dump readable by pg_restore"
+    try:
+        tail = _gzip_tail(path) if path.name.endswith(".gz") else _tail(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        return th.CRITICAL, f"compressed file is truncated or corrupt: {exc}"
+    engines = [engine] if engine else list(ENGINES)
+    if any(has_footer(tail, e) for e in engines):
+        return th.NORMAL, "the dump ends with its completion footer"
+    want = " or ".join(repr(FOOTERS[e].decode()) for e in engines)
+    return th.CRITICAL, f"no completion footer ({want}): the dump is truncated or failed"
+
+
+_FIX = {
+    "exists": ("未找到任何备份：确认备份任务已配置并执行（invoke backup.run），检查备份目录。",
+               "No backups found: check the backup job is scheduled and ran (invoke backup.run)."),
+    "age": ("最新备份超过 RPO 目标：检查备份任务调度和日志，立即补做一次备份。",
+            "The newest backup is older than the RPO target: check the schedule and log, "
+            "take a backup now."),
+    "size": ("备份大小骤减：核对是否有表被清空或备份中途失败，对比清单中的行数。",
+             "The backup shrank suddenly: check for emptied tables or a failed dump; compare "
+             "the manifest row counts."),
+    "checksum": ("校验和与清单不符：该备份已损坏或被修改，不可用于恢复；立即重新备份并排查存储。",
+                 "Checksum differs from the manifest: the backup is corrupt; take a new one "
+                 "and check the storage."),
+    "integrity": ("备份文件为空或被截断：不可用于恢复；查看备份日志并重新备份。",
+                  "The backup is empty or truncated: it cannot be restored; read the log and "
+                  "take a new one."),
+    "log": ("备份日志中有错误：查看样例行定位原因并处理。",
+            "The backup log has errors: read the sample lines and fix the cause."),
+}
+
+
+def _item(check: str, target: str, status: str, explanation: str, lang: str,
+          value: Any = None, unit: str = "", **extra: Any) -> dict[str, Any]:
+    fix = _FIX.get(check, ("", ""))
+    return {"check": check, "target": target, "status": status, "nagios": NAGIOS[status],
+            "value": value, "unit": unit, "explanation": explanation,
+            "resolution": (fix[0] if lang == "zh-CN" else fix[1])
+            if status in (th.WARNING, th.CRITICAL) else "", **extra}
+
+
+def check_target(t: CheckTarget, opts: CheckOptions, now: datetime, rpo: dict[str, float],
+                 shrink: dict[str, float]) -> dict[str, Any]:
+    lang = opts.lang
+    files = _files(t)
+    out: dict[str, Any] = {"name": t.name, "host": t.host, "engine": t.engine,
+                           "folder": str(t.folder), "glob": t.glob,
+                           "source": "mhops" if t.ours else "external",
+                           "files_count": len(files), "newest": None, "items": []}
+    items = out["items"]
+    if not files:
+        items.append(_item("exists", t.name, th.CRITICAL,
+                           f"no backup in {t.folder} matching {t.glob}", lang, value=0))
+        out["status"] = th.CRITICAL
+        return out
+    newest = files[-1]
+    age_raw = (now - newest.when).total_seconds() / 3600
+    age_h = round(age_raw, 2)
+    out["newest"] = {"file": newest.path.name, "size": newest.size,
+                     "time": records.iso(newest.when.astimezone(UTC).replace(microsecond=0)),
+                     "age_hours": age_h,
+                     "tables": len((newest.manifest or {}).get("tables") or {}) or None}
+    st = age_status(age_raw, rpo["warning"], rpo["critical"])
+    items.append(_item("age", newest.path.name, st,
+                       f"{age_h} h (RPO {rpo['warning']:g}/{rpo['critical']:g} h)", lang,
+                       value=age_h, unit="h", warning=rpo["warning"],
+                       critical=rpo["critical"]))
+    st, ratio = size_anomaly(newest.size, [f.size for f in files[:-1]], shrink["warning"],
+                             shrink["critical"], opts.size_window)
+    prev = [f.size for f in files[:-1] if f.size > 0][-opts.size_window:]
+    text = (f"{newest.size} bytes = {ratio:.0%} of the median of the previous {len(prev)} "
+            f"({int(statistics.median(prev))} bytes)" if ratio is not None
+            else f"{newest.size} bytes; no earlier backup to compare with")
+    items.append(_item("size", newest.path.name, st, text, lang, value=newest.size, unit="B",
+                       ratio=None if ratio is None else round(ratio, 3)))
+    sha = _sha256(newest.path) if newest.manifest is not None else None
+    st, why = compare_manifest(newest.manifest, basename=newest.path.name, size=newest.size,
+                               sha256=sha, ours=t.ours)
+    if newest.manifest_error:
+        st, why = th.CRITICAL, newest.manifest_error
+    items.append(_item("checksum", newest.path.name, st, why, lang, value=sha))
+    engine = t.engine or (newest.manifest or {}).get("engine")
+    st, why = integrity(newest.path, engine, opts.deep)
+    items.append(_item("integrity", newest.path.name, st, why, lang, value=newest.size,
+                       unit="B"))
+    out["status"] = th.worst([i["status"] for i in items])
+    return out
+
+
+def check_log(path: str, patterns: dict[str, re.Pattern], levels: dict[str, float],
+              tail_bytes: int, lang: str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        raw = _tail(p, tail_bytes)
+    except OSError as exc:
+        raise MhopsError(f"backup job log cannot be read ({exc.strerror})", path=path) from exc
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    if p.stat().st_size > tail_bytes and lines:
+        lines = lines[1:]  # the first line of the window is probably cut
+    counts = count_matches(lines, patterns)
+    total = sum(counts.values())
+    st = level_status(total, levels)
+    samples = [ln for ln in lines if any(rx.search(ln) for rx in patterns.values())][-3:]
+    return _item("log", path, st, ", ".join(f"{k}: {v}" for k, v in counts.items())
+                 + f" (last {tail_bytes} bytes)", lang, value=total, warning=levels["warning"],
+                 critical=levels["critical"], samples=samples, counts=counts)
+
+
+def check(opts: CheckOptions) -> Outcome:
+    """Check backups of the selected databases and/or external folders; write the record."""
+    records.labels(opts.lang)
+    rpo = _levels(opts.rpo_hours, DEFAULT_RPO_HOURS, "rpo_hours")
+    shrink = _levels(opts.size_shrink, DEFAULT_SHRINK, "size_shrink", higher_is_worse=False)
+    log_levels = _levels(opts.log_matches, DEFAULT_LOG_MATCHES, "log_matches")
+    patterns: dict[str, re.Pattern] = {}
+    for name, rx in (opts.log_patterns or DEFAULT_LOG_PATTERNS).items():
+        try:
+            patterns[name] = re.compile(rx)
+        except re.error as exc:
+            raise MhopsError(f"backup.log_patterns.{name}: bad regex {rx!r}: {exc}") from exc
+    if opts.size_window < 1:
+        raise MhopsError(f"backup.size_window must be at least 1, got {opts.size_window}")
+    started = records.utc_now()
+    now = opts.now or datetime.now(UTC)
+    targets, sources, selection = _targets(opts)
+    log_item = (check_log(opts.log, patterns, log_levels, opts.log_tail_bytes, opts.lang)
+                if opts.log else None)
+    checked = [check_target(t, opts, now, rpo, shrink) for t in targets]
+    statuses = [i["status"] for c in checked for i in c["items"]]
+    if log_item:
+        statuses.append(log_item["status"])
+    events = [{"name": c["name"], **{k: i[k] for k in ("check", "target", "status", "nagios",
+                                                      "explanation", "resolution")}}
+              for c in checked for i in c["items"] if i["status"] in (th.WARNING, th.CRITICAL)]
+    if log_item and log_item["status"] in (th.WARNING, th.CRITICAL):
+        events.append({"name": "log", **{k: log_item[k] for k in (
+            "check", "target", "status", "nagios", "explanation", "resolution")}})
+    finished = records.utc_now()
+    record = {
+        "schema_version": SCHEMA_VERSION, "kind": "backup_check",
+        "run_id": records.run_id("backup_check", started), "lang": opts.lang,
+        "status": th.worst(statuses), "nagios": NAGIOS[th.worst(statuses)],
+        "exit_code": th.exit_code(statuses),
+        "time": records.time_block(started, finished, opts.timezone),
+        "operator": records.operator_name(opts.operator),
+        "scope": {"inventory": sources, "limit": opts.limit,
+                  "targets": [c["name"] for c in checked],
+                  "folders": [c["folder"] for c in checked]},
+        "settings": {"rpo_hours": rpo, "size_shrink": shrink, "size_window": opts.size_window,
+                     "log": opts.log, "log_patterns": {k: v.pattern for k, v in patterns.items()},
+                     "log_matches": log_levels, "deep": opts.deep},
+        "targets": checked,
+        "log": log_item,
+        "summary": {"targets": len(checked),
+                    "counts": {s: statuses.count(s) for s in th.STATUSES}},
+        "events": events,
+        "ops_revision": records.ops_revision(),
+    }
+    redactor = Redactor(secrets=selection.secrets if selection else frozenset())
+    run_dir = records.write_run(opts.records_dir, "backup_check", record, redactor)
+    for c in checked:
+        for i in c["items"]:
+            opts.echo(f"{i['nagios']:<8} {c['name']} {i['check']}: "
+                      f"{redactor.text(i['explanation'])}")
+    if log_item:
+        opts.echo(f"{log_item['nagios']:<8} log {log_item['target']}: {log_item['explanation']}")
+    opts.echo(f"BACKUP {record['nagios']} (exit {record['exit_code']})")
+    opts.echo(str(run_dir))
+    return Outcome(record["exit_code"], run_dir, record)
