@@ -206,6 +206,53 @@ def demo_seed_db(c, engine="both", database=None, size=1, drop=False, seed=20261
             f"{t} {n}" for t, n in rows.items()) + f" ({sum(rows.values())} rows)")
 
 
+@task(
+    iterable=["inventory", "database"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default db.inventory",
+        "limit": "Ansible host pattern among the hosts holding mhops_databases",
+        "database": "logical database name from mhops_databases (repeatable); default all",
+        "apply": "run the plan (default: only show and record it, nothing changed)",
+        "force": "with --apply: run outside the maintenance window db.window",
+        "window": "maintenance window, local time HH:MM-HH:MM; default db.window",
+        "lock_timeout": "seconds to wait for a lock before giving up an item",
+        "statement_timeout": "seconds one maintenance statement may run",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force=False,
+                window=None, lock_timeout=None, statement_timeout=None, lang=None,
+                operator=None):
+    """Plan (default) or --apply index rebuilds, VACUUM/ANALYZE and defragmentation."""
+    from mhops import dbmaint
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.db, c.config.mhops
+    try:
+        outcome = dbmaint.run(dbmaint.Options(
+            inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+            limit=limit,
+            databases=list(database or []),
+            apply=apply,
+            force=force,
+            window=window or cfg.window,
+            thresholds=dict(cfg.thresholds or {}),
+            lock_timeout_s=float(lock_timeout or cfg.lock_timeout_s),
+            statement_timeout_s=float(statement_timeout or cfg.statement_timeout_s),
+            lang=lang or m.lang,
+            operator=operator or m.operator,
+            records_dir=_path(m.records_dir),
+            state_dir=_path(m.state_dir),
+            timezone=m.timezone,
+            vault_password_file=m.vault_password_file or None,
+        ))
+    except MhopsError as exc:
+        raise _fail(exc) from None
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
 def _schedule_plan(c, kind, when, user, log, inventory):
     from mhops import schedule
 
@@ -318,4 +365,6 @@ backup.add_task(backup_run, "run")
 backup.add_task(backup_check, "check")
 demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
-ns = Collection(inspect, test, schedule, backup, demo)
+db = Collection("db")
+db.add_task(db_maintain, "maintain")
+ns = Collection(inspect, test, schedule, backup, demo, db)
