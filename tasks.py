@@ -253,6 +253,45 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
         raise Exit(code=outcome.exit_code)
 
 
+@task(positional=["what"], iterable=["inventory"], help={
+    "what": "the kind of drill: restore",
+    "engine": "postgresql or mariadb", "backup": "backup file path, or latest (default)",
+    "target": "scratch (default), HOST:PORT, host=..,port=..,dir=.., or an mhops_databases name",
+    "name": "logical database name when several match", "inventory": "inventory (repeatable)",
+    "lang": "zh-CN or en", "operator": "执行人",
+    "smoke_day": "YYYY-MM-DD or today (default: backup day)",
+    "department": "department code for the smoke query"})
+def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=None,
+          lang=None, operator=None, smoke_day=None, department=None):
+    """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
+    from mhops import drill as drills
+    from mhops.errors import MhopsError
+
+    if what != "restore":
+        raise Exit(f"error: unknown drill {what!r}; valid: restore", code=3)
+    d, m = c.config.drill, c.config.mhops
+    opts = drills.Options(
+        records_dir=_path(m.records_dir),
+        inventory=[str(_path(i))
+                   for i in (inventory or [d.inventory or c.config.inspect.inventory])],
+        engine=engine, name=name, backup=backup or "latest", target=target or d.target,
+        backup_dir=d.backup_dir or c.config.backup.dir, scratch_dir=d.scratch_dir,
+        rto_target_minutes=float(d.rto_target_minutes),
+        rpo_target_hours=float(d.rpo_target_hours),
+        row_tolerance=float(d.row_tolerance), sample_tables=list(d.sample_tables or []),
+        smoke_sql=dict(d.smoke_sql or {}), smoke_department=department or d.smoke_department,
+        smoke_day=smoke_day or "", smoke_min_rows=int(d.smoke_min_rows),
+        compare_source=bool(d.compare_source), jobs=int(d.jobs), lang=lang or m.lang,
+        operator=operator or m.operator, timezone=m.timezone,
+        vault_password_file=m.vault_password_file or None)
+    try:
+        outcome = drills.run(opts)
+    except MhopsError as exc:
+        raise _fail(exc) from None
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
 def _schedule_plan(c, kind, when, user, log, inventory):
     from mhops import schedule
 
@@ -367,4 +406,4 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db)
+ns = Collection(inspect, test, schedule, backup, demo, db, drill)

@@ -191,8 +191,9 @@ def database_entries(host: Host, only: list[str] | tuple[str, ...] = ()) -> list
         bdir = entry.get("backup_dir")
         if bdir is not None and not str(bdir).startswith("/"):
             problems.append(f"backup_dir must be an absolute path, got {bdir!r}")
+        # socket and data_dir let restore drills recognise production by path too.
         unknown = set(entry) - {"name", "engine", "host", "port", "user", "password",
-                                "database", "production", "backup_dir"}
+                                "database", "production", "backup_dir", "socket", "data_dir"}
         if unknown:
             problems.append(f"unknown keys {', '.join(sorted(unknown))}")
         if problems:
