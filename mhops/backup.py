@@ -128,16 +128,6 @@ def level_status(value: float, levels: dict[str, float], higher_is_worse: bool =
     return th.WARNING if worse(levels.get("warning")) else th.NORMAL
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
 def delta_seconds(delta: str | None) -> float | None:
     """ansible's command `delta` ("0:01:02.345678") in seconds."""
     m = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(delta or ""))
@@ -240,14 +230,7 @@ class RunOptions:
     echo: Callable[[str], None] = print
 
 
-@dataclass
-class Outcome:
-    exit_code: int
-    record_dir: Path
-    record: dict[str, Any]
-
-
-def run(opts: RunOptions) -> Outcome:
+def run(opts: RunOptions) -> records.Outcome:
     """Back up the selected databases on their hosts, apply retention, write the record."""
     if isinstance(opts.keep, bool) or not isinstance(opts.keep, int) or opts.keep < 1:
         raise MhopsError(f"backup.keep must be a positive integer, got {opts.keep!r}")
@@ -279,7 +262,7 @@ def run(opts: RunOptions) -> Outcome:
         run_dir = records.write_run(opts.records_dir, "backup_run", record, redactor)
     _echo_run(record, opts.echo)
     opts.echo(str(run_dir))
-    return Outcome(record["exit_code"], run_dir, record)
+    return records.Outcome(record["exit_code"], run_dir, record)
 
 
 def _run_entries(chosen, outcomes, pb) -> list[dict[str, Any]]:
@@ -295,7 +278,8 @@ def _run_entries(chosen, outcomes, pb) -> list[dict[str, Any]]:
                 r = {"outcome": "failed", "error": why}
             tables = r.get("tables") or {}
             size = r.get("size")
-            started, finished = parse_time(r.get("started_at")), parse_time(r.get("finished_at"))
+            started = records.parse_time(r.get("started_at"))
+            finished = records.parse_time(r.get("finished_at"))
             out.append({
                 "host": host.name, "name": d["name"], "engine": d["engine"],
                 "database": d["database"], "production": bool(d.get("production", False)),
@@ -479,7 +463,7 @@ def _files(t: CheckTarget) -> list[_File]:
                     raise ValueError("not a JSON object")
             except (OSError, ValueError) as exc:
                 manifest, err = None, f"manifest unreadable: {exc}"
-        when = parse_time((manifest or {}).get("finished_at")) or datetime.fromtimestamp(
+        when = records.parse_time((manifest or {}).get("finished_at")) or datetime.fromtimestamp(
             st.st_mtime, UTC)
         out.append(_File(p, st.st_size, when, manifest, err))
     if t.ours:
@@ -640,7 +624,7 @@ def check_log(path: str, patterns: dict[str, re.Pattern], levels: dict[str, floa
                  critical=levels["critical"], samples=samples, counts=counts)
 
 
-def check(opts: CheckOptions) -> Outcome:
+def check(opts: CheckOptions) -> records.Outcome:
     """Check backups of the selected databases and/or external folders; write the record."""
     records.labels(opts.lang)
     rpo = _levels(opts.rpo_hours, DEFAULT_RPO_HOURS, "rpo_hours")
@@ -700,4 +684,4 @@ def check(opts: CheckOptions) -> Outcome:
         opts.echo(f"{log_item['nagios']:<8} log {log_item['target']}: {log_item['explanation']}")
     opts.echo(f"BACKUP {record['nagios']} (exit {record['exit_code']})")
     opts.echo(str(run_dir))
-    return Outcome(record["exit_code"], run_dir, record)
+    return records.Outcome(record["exit_code"], run_dir, record)

@@ -463,13 +463,6 @@ class Options:
 
 
 @dataclass
-class Outcome:
-    exit_code: int
-    record_dir: Path
-    record: dict[str, Any]
-
-
-@dataclass
 class _Db:
     host: str
     name: str
@@ -530,7 +523,7 @@ def _databases(selection, wanted: list[str]) -> list[_Db]:
     return out
 
 
-def run(opts: Options) -> Outcome:
+def run(opts: Options) -> records.Outcome:
     from mhops.inventory import select
     from mhops.runner import run_playbook
 
@@ -585,7 +578,7 @@ def run(opts: Options) -> Outcome:
     status = records.labels(opts.lang)["statuses"][record["status"]]
     opts.echo(f"{w['overall']}: {status} (exit {record['exit_code']})")
     opts.echo(str(run_dir))
-    return Outcome(record["exit_code"], run_dir, record)
+    return records.Outcome(record["exit_code"], run_dir, record)
 
 
 def _plan(dbs: list[_Db], outcomes: dict[str, Any], th: dict[str, float]) -> list[Item]:

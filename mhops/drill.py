@@ -340,13 +340,6 @@ class Options:
     echo: Callable[[str], None] = print
 
 
-@dataclass
-class Outcome:
-    exit_code: int
-    record_dir: Path | None
-    record: dict[str, Any]
-
-
 class Interrupted(BaseException):
     """SIGTERM/SIGHUP during a drill: unwind like Ctrl-C so teardown runs."""
 
@@ -565,7 +558,7 @@ class DrillFailed(Exception):
 
 # ---------------------------------------------------------------- the drill
 
-def run(opts: Options) -> Outcome:
+def run(opts: Options) -> records.Outcome:
     t0 = time.monotonic()
     started = records.utc_now()
     words = records.labels(opts.lang)[KIND]
@@ -620,7 +613,7 @@ def run(opts: Options) -> Outcome:
     opts.echo(f"{words['outcomes'][record['outcome']]} ({words['exit_code']} "
               f"{record['exit_code']}): {record['reason'] or ''}".rstrip(": "))
     opts.echo(str(run_dir))
-    return Outcome(exit_code=record["exit_code"], record_dir=run_dir, record=record)
+    return records.Outcome(exit_code=record["exit_code"], record_dir=run_dir, record=record)
 
 
 @contextmanager
@@ -964,7 +957,7 @@ class _Context:
         if day == "today":
             day = datetime.now(UTC).astimezone(_tz(self.opts.timezone)).date().isoformat()
         elif not day:
-            when = _parse_time((self.manifest or {}).get("started_at")) or datetime.now(UTC)
+            when = records.parse_time((self.manifest or {}).get("started_at")) or datetime.now(UTC)
             day = when.astimezone(_tz(self.opts.timezone)).date().isoformat()
         try:
             date.fromisoformat(day)
@@ -1025,23 +1018,13 @@ def _tz(name: str):
         return None
 
 
-def _parse_time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
 # ---------------------------------------------------------------- the record
 
 def build_record(ctx: _Context) -> dict[str, Any]:
     opts, m = ctx.opts, ctx.manifest or {}
     finished = records.utc_now()
     rto_s = round(ctx.verified_at - ctx.t0, 3) if ctx.verified_at else None
-    snapshot = _parse_time(m.get("started_at")) or _parse_time(
+    snapshot = records.parse_time(m.get("started_at")) or records.parse_time(
         (m.get("canary") or {}).get("written_at"))
     if snapshot is None and ctx.parsed:
         snapshot = datetime.strptime(ctx.parsed[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -51,13 +51,6 @@ class Options:
 
 
 @dataclass
-class Outcome:
-    exit_code: int
-    record_dir: Path
-    record: dict[str, Any]
-
-
-@dataclass
 class Collected:
     host: str
     raw: dict[str, Any] | None
@@ -77,7 +70,7 @@ class Collected:
         return self.results
 
 
-def run(opts: Options) -> Outcome:
+def run(opts: Options) -> records.Outcome:
     if opts.transport not in TRANSPORTS:
         raise MhopsError(f"unknown transport {opts.transport!r}; valid: {', '.join(TRANSPORTS)}")
     records.labels(opts.lang)  # an unknown language fails before any host is touched
@@ -100,7 +93,7 @@ def run(opts: Options) -> Outcome:
                 state.save_cursors(opts.state_dir, name, c.raw["cursors"])
     _table(record, opts.echo, opts.lang)
     opts.echo(f"{run_dir}")
-    return Outcome(exit_code=record["exit_code"], record_dir=run_dir, record=record)
+    return records.Outcome(exit_code=record["exit_code"], record_dir=run_dir, record=record)
 
 
 class _Progress:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -46,6 +47,26 @@ def local_iso(dt: datetime, tz: str) -> str:
         return dt.astimezone(ZoneInfo(tz)).isoformat()
     except Exception:  # no tz database: the machine's local time is still useful
         return dt.astimezone().isoformat()
+
+
+@dataclass
+class Outcome:
+    """What a recorded run returns to its task: the exit code and the record it wrote."""
+
+    exit_code: int
+    record_dir: Path | None
+    record: dict[str, Any]
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An ISO-8601 time as written in records and manifests ('Z' or an offset); naive = UTC."""
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def time_block(started: datetime, finished: datetime, tz: str) -> dict[str, Any]:

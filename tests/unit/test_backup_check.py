@@ -11,7 +11,7 @@ from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhops import backup
+from mhops import backup, records
 from mhops.errors import MhopsError
 
 
@@ -104,8 +104,8 @@ def test_levels_and_times():
     assert backup.level_status(10, {"warning": 1, "critical": 10}) == "critical"
     assert backup.delta_seconds("0:01:02.500000") == 62.5
     assert backup.delta_seconds(None) is None
-    assert backup.parse_time("2026-01-01T00:00:00Z").tzinfo is not None
-    assert backup.parse_time("garbage") is None
+    assert records.parse_time("2026-01-01T00:00:00Z").tzinfo is not None
+    assert records.parse_time("garbage") is None
 
 
 def test_integrity_of_files(tmp_path):
