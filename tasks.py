@@ -292,6 +292,48 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         raise Exit(code=outcome.exit_code)
 
 
+@task(
+    iterable=["inventory", "database"],
+    help={
+        "period": "quarter (2026Q4) or month (2026-11); default: the current quarter",
+        "inventory": "inventory with mhops_databases (repeatable); default perf.inventory",
+        "limit": "Ansible host pattern among the hosts holding mhops_databases",
+        "database": "logical database name from mhops_databases (repeatable); default all",
+        "records_from": "folder of inspection records to read; default mhops.records_dir",
+        "top_n": "top statements per database",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def perf(c, period=None, inventory=None, limit=None, database=None, records_from=None,
+         top_n=None, lang=None, operator=None):
+    """Quarterly performance analysis: host trends and forecasts, database bottlenecks, advice."""
+    from mhops import perf as analysis
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.perf, c.config.mhops
+    try:
+        outcome = analysis.run(analysis.Options(
+            records_dir=_path(m.records_dir),
+            inspections_dir=_path(records_from or cfg.records_from or m.records_dir),
+            inventory=[str(_path(i))
+                       for i in (inventory or [cfg.inventory or c.config.db.inventory])],
+            period=period or cfg.period or None,
+            limit=limit,
+            databases=list(database or []),
+            thresholds=dict(cfg.thresholds or {}),
+            top_n=int(top_n or cfg.top_n),
+            lang=lang or m.lang,
+            operator=operator or m.operator,
+            timezone=m.timezone,
+            vault_password_file=m.vault_password_file or None,
+        ))
+    except MhopsError as exc:
+        raise _fail(exc) from None
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
 def _schedule_plan(c, kind, when, user, log, inventory):
     from mhops import schedule
 
@@ -406,4 +448,4 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill)
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf)
