@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mhops import records, state
+from mhops import records, state, thresholds
 from mhops.errors import MhopsError
 from mhops.redact import Redactor
 
@@ -58,20 +58,10 @@ _UNITS = ("B", "kB", "MB", "GB", "TB")
 
 def validate_thresholds(raw: Any, where: str = "db.thresholds") -> dict[str, float]:
     """Merge a thresholds mapping over the defaults, refusing unknown keys and bad values."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise MhopsError(f"{where} must be a mapping, got {type(raw).__name__}")
-    out = dict(DEFAULT_THRESHOLDS)
-    for key, value in raw.items():
-        if key not in DEFAULT_THRESHOLDS:
-            raise MhopsError(f"{where}.{key}: unknown threshold; valid keys: "
-                             + ", ".join(sorted(DEFAULT_THRESHOLDS)))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or math.isnan(value) or value < 0:
-            raise MhopsError(f"{where}.{key}: must be a non-negative number, got {value!r}")
-        out[key] = float(value)
-    return out
+    try:
+        return thresholds.validate_flat(raw, DEFAULT_THRESHOLDS, where)
+    except thresholds.ThresholdError as exc:
+        raise MhopsError(str(exc)) from None
 
 
 def parse_window(text: str) -> tuple[int, int]:

@@ -14,14 +14,13 @@ and the exit code. Nothing is changed anywhere.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mhops import records, trends
+from mhops import records, thresholds, trends
 from mhops.errors import MhopsError
 from mhops.redact import Redactor
 
@@ -62,19 +61,10 @@ _INT_KEYS = {"min_points"}
 
 def validate_thresholds(raw: Any, where: str = "perf.thresholds") -> dict[str, float]:
     """Merge a thresholds mapping over the defaults, refusing unknown keys and bad values."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise MhopsError(f"{where} must be a mapping, got {type(raw).__name__}")
-    out = dict(DEFAULT_THRESHOLDS)
-    for key, value in raw.items():
-        if key not in DEFAULT_THRESHOLDS:
-            raise MhopsError(f"{where}.{key}: unknown threshold; valid keys: "
-                             + ", ".join(sorted(DEFAULT_THRESHOLDS)))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or math.isnan(value) or value < 0:
-            raise MhopsError(f"{where}.{key}: must be a non-negative number, got {value!r}")
-        out[key] = int(value) if key in _INT_KEYS else float(value)
+    try:
+        out = thresholds.validate_flat(raw, DEFAULT_THRESHOLDS, where, _INT_KEYS)
+    except thresholds.ThresholdError as exc:
+        raise MhopsError(str(exc)) from None
     if out["forecast_critical_days"] > out["forecast_warning_days"]:
         raise MhopsError(f"{where}: forecast_critical_days must not exceed "
                          "forecast_warning_days")

@@ -96,6 +96,25 @@ def validate(raw: Any, where: str = "thresholds") -> dict[str, dict[str, float]]
     return checked
 
 
+def validate_flat(raw: Any, defaults: dict[str, float], where: str,
+                  int_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
+    """Merge a flat {key: number} mapping over `defaults`; refuse unknown keys, bad values."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ThresholdError(where, f"must be a mapping, got {type(raw).__name__}")
+    out = dict(defaults)
+    for key, value in raw.items():
+        if key not in defaults:
+            raise ThresholdError(f"{where}.{key}", "unknown threshold; valid keys: "
+                                 + ", ".join(sorted(defaults)))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or math.isnan(value) or value < 0:
+            raise ThresholdError(f"{where}.{key}", f"must be a non-negative number, got {value!r}")
+        out[key] = int(value) if key in int_keys else float(value)
+    return out
+
+
 def merge(*layers: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """Combine threshold layers level by level; later layers win.
 
