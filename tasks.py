@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -25,6 +26,23 @@ def _path(value: str) -> Path:
 
 def _fail(exc: Exception) -> Exit:
     return Exit(f"error: {exc}", code=getattr(exc, "exit_code", 3))
+
+
+@contextmanager
+def _exits():
+    """A run that failed itself (bad input, lock held) ends with its message and exit 3."""
+    from mhops.errors import MhopsError
+
+    try:
+        yield
+    except MhopsError as exc:
+        raise _fail(exc) from None
+
+
+def _exit_with(outcome) -> None:
+    """A finished run exits with the code its record carries (0 normal, 1, 2)."""
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
 
 
 @task(
@@ -45,7 +63,6 @@ def inspect(c, inventory=None, limit=None, transport=None, lang=None, operator=N
             notify=None, note="", resolution="", keep_artifacts=False):
     """Inspect hosts (CPU, memory, disk, services, ports, health, TLS, logs) and write a record."""
     from mhops import inspect as inspection
-    from mhops.errors import MhopsError
 
     cfg, m = c.config.inspect, c.config.mhops
     opts = inspection.Options(
@@ -65,12 +82,9 @@ def inspect(c, inventory=None, limit=None, transport=None, lang=None, operator=N
         vault_password_file=m.vault_password_file or None,
         keep_artifacts=keep_artifacts,
     )
-    try:
+    with _exits():
         outcome = inspection.run(opts)
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 def _levels_cfg(value):
@@ -95,7 +109,6 @@ def backup_run(c, inventory=None, limit=None, database=None, backup_dir=None, ke
                check=False, lang=None, operator=None):
     """Dump each database (pg_dump -Fc / mariadb-dump) with manifest and canary; retention."""
     from mhops import backup
-    from mhops.errors import MhopsError
 
     cfg, m = c.config.backup, c.config.mhops
     opts = backup.RunOptions(
@@ -113,12 +126,9 @@ def backup_run(c, inventory=None, limit=None, database=None, backup_dir=None, ke
         state_dir=_path(m.state_dir),
         vault_password_file=m.vault_password_file or None,
     )
-    try:
+    with _exits():
         outcome = backup.run(opts)
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 @task(
@@ -143,7 +153,6 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
                  lang=None, operator=None):
     """Check backups: age vs RPO, size shrink, checksum vs manifest, truncation, job log."""
     from mhops import backup
-    from mhops.errors import MhopsError
 
     cfg, m = c.config.backup, c.config.mhops
     rpo = dict(_levels_cfg(cfg.rpo_hours) or {})
@@ -151,7 +160,7 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
         rpo["warning"] = float(rpo_warning)
     if rpo_critical is not None:
         rpo["critical"] = float(rpo_critical)
-    try:
+    with _exits():
         external = [backup.external_target(str(_path(dir)), glob, engine, name)] if dir else []
         opts = backup.CheckOptions(
             inventory=[] if dir and not database else
@@ -175,10 +184,7 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
             vault_password_file=m.vault_password_file or None,
         )
         outcome = backup.check(opts)
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 @task(help={"engine": "postgresql, mariadb or both (default)",
@@ -189,19 +195,16 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
 def demo_seed_db(c, engine="both", database=None, size=1, drop=False, seed=20261128):
     """Create the platform's kind of demo data (fake patients, payments, ...) in a database."""
     from mhops import dbseed
-    from mhops.errors import MhopsError
 
     cfg = c.config.demo
     engines = dbseed.ENGINES if engine == "both" else (engine,)
     for e in engines:
         server = cfg[e]
-        try:
+        with _exits():
             rows = dbseed.seed(e, host=server.host, port=int(server.port), user=server.user,
                                password=os.environ.get(server.password_env or "", ""),
                                database=database or cfg.database, size=int(size), drop=drop,
                                seed=int(seed))
-        except MhopsError as exc:
-            raise _fail(exc) from None
         print(f"{e}: {database or cfg.database}: " + ", ".join(
             f"{t} {n}" for t, n in rows.items()) + f" ({sum(rows.values())} rows)")
 
@@ -226,10 +229,9 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
                 operator=None):
     """Plan (default) or --apply index rebuilds, VACUUM/ANALYZE and defragmentation."""
     from mhops import dbmaint
-    from mhops.errors import MhopsError
 
     cfg, m = c.config.db, c.config.mhops
-    try:
+    with _exits():
         outcome = dbmaint.run(dbmaint.Options(
             inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
             limit=limit,
@@ -247,10 +249,7 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
             timezone=m.timezone,
             vault_password_file=m.vault_password_file or None,
         ))
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 @task(positional=["what"], iterable=["inventory"], help={
@@ -265,7 +264,6 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
           lang=None, operator=None, smoke_day=None, department=None):
     """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
     from mhops import drill as drills
-    from mhops.errors import MhopsError
 
     if what != "restore":
         raise Exit(f"error: unknown drill {what!r}; valid: restore", code=3)
@@ -284,12 +282,9 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         compare_source=bool(d.compare_source), jobs=int(d.jobs), lang=lang or m.lang,
         operator=operator or m.operator, timezone=m.timezone,
         vault_password_file=m.vault_password_file or None)
-    try:
+    with _exits():
         outcome = drills.run(opts)
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 @task(
@@ -309,10 +304,9 @@ def perf(c, period=None, inventory=None, limit=None, database=None, records_from
          top_n=None, lang=None, operator=None):
     """Quarterly performance analysis: host trends and forecasts, database bottlenecks, advice."""
     from mhops import perf as analysis
-    from mhops.errors import MhopsError
 
     cfg, m = c.config.perf, c.config.mhops
-    try:
+    with _exits():
         outcome = analysis.run(analysis.Options(
             records_dir=_path(m.records_dir),
             inspections_dir=_path(records_from or cfg.records_from or m.records_dir),
@@ -328,10 +322,7 @@ def perf(c, period=None, inventory=None, limit=None, database=None, records_from
             timezone=m.timezone,
             vault_password_file=m.vault_password_file or None,
         ))
-    except MhopsError as exc:
-        raise _fail(exc) from None
-    if outcome.exit_code:
-        raise Exit(code=outcome.exit_code)
+    _exit_with(outcome)
 
 
 def _schedule_plan(c, kind, when, user, log, inventory):
@@ -351,9 +342,8 @@ def schedule_install(c, kind=None, when=None, user=None, log=None, inventory=Non
                      check=False):
     """Write the cron file (or systemd timer) that runs `invoke inspect` unattended."""
     from mhops import schedule
-    from mhops.errors import MhopsError
 
-    try:
+    with _exits():
         plan = _schedule_plan(c, kind, when, user, log, inventory)
         for path, text in plan.files.items():
             print(f"--- {path}\n{text}", end="")
@@ -361,8 +351,6 @@ def schedule_install(c, kind=None, when=None, user=None, log=None, inventory=Non
             print("(check mode: nothing written)")
             return
         written = schedule.install(plan, _path(log or c.config.schedule.log))
-    except MhopsError as exc:
-        raise _fail(exc) from None
     print("installed: " + ", ".join(map(str, written)))
 
 
@@ -380,16 +368,13 @@ def schedule_show(c, kind=None):
 def schedule_remove(c, kind=None, check=False):
     """Remove the installed schedule."""
     from mhops import schedule
-    from mhops.errors import MhopsError
 
     plan = _schedule_plan(c, kind, None, None, None, None)
     if check:
         print("would remove: " + ", ".join(str(p) for p in plan.files if p.exists()))
         return
-    try:
+    with _exits():
         removed = schedule.remove(list(plan.files))
-    except MhopsError as exc:
-        raise _fail(exc) from None
     print("removed: " + (", ".join(map(str, removed)) or "nothing"))
 
 
