@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import yaml
 
 from mhops.lab import LabHost, SshLab
 
-VENV_BIN = Path("/tmp/probe-venv/bin")
+# The ansible of the environment running the tests, not a path from one machine.
+VENV_BIN = Path(sys.executable).parent
 ANSIBLE = VENV_BIN / "ansible"
 
 
