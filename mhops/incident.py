@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ def _store(path: Path) -> Store:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    return records.iso(dt.replace(microsecond=0)) if dt else None
+    """UTC, whole seconds: the stored strings must compare as times when compared as text."""
+    return records.iso(dt.astimezone(UTC).replace(microsecond=0)) if dt else None
 
 
 def _t(text: str | None) -> datetime | None:

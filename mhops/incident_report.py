@@ -10,7 +10,7 @@ Writing, rendering and redaction are :func:`mhops.records.write_run`'s.
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from statistics import mean
 from typing import Any
 
@@ -198,8 +198,9 @@ def summary_record(month: str, start: datetime, end: datetime, in_month: list[di
         open=len(open_items)))
     rec.update({
         "period": {"month": month, "timezone": tz, "start_local": start.isoformat(),
-                   "end_local": end.isoformat(), "start_utc": records.iso(start),
-                   "end_utc": records.iso(end)},
+                   "end_local": end.isoformat(),
+                   "start_utc": records.iso(start.astimezone(UTC)),
+                   "end_utc": records.iso(end.astimezone(UTC))},
         "totals": totals, "by_category": by,
         "incidents": [{k: i[k] for k in ("id", "title", "scope", "type", "severity",
                                           "priority", "status", "reported_utc",

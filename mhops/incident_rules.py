@@ -262,16 +262,20 @@ def next_deadline(respond_by: datetime, onsite_by: datetime | None, *,
     return None
 
 
-_MONTH = re.compile(r"(\d{4})-(\d{2})")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")  # ASCII only: \d also takes other scripts
 
 
 def parse_month(text: Any) -> tuple[date, date]:
     """'YYYY-MM' -> (first day, first day of next month); RuleError otherwise."""
     m = _MONTH.fullmatch(str(text or "").strip())
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise RuleError(f"--month: {text!r} is not a month; expected YYYY-MM, e.g. 2026-11")
-    first = date(int(m.group(1)), int(m.group(2)), 1)
-    nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+    try:
+        if not m:
+            raise ValueError
+        first = date(int(m.group(1)), int(m.group(2)), 1)
+        nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+    except ValueError:  # month 13, year 0, or a month after 9999-11 has no end
+        raise RuleError(f"--month: {text!r} is not a month; expected YYYY-MM, "
+                        "e.g. 2026-11") from None
     return first, nxt
 
 

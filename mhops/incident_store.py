@@ -166,7 +166,7 @@ class Store:
         row = None if n is None else self.db.execute(
             "SELECT * FROM incidents WHERE id = ?", (n,)).fetchone()
         if row is None:
-            raise MhopsError(f"unknown incident {incident_id!r}; valid ids: "
+            raise MhopsError(f"unknown incident {str(incident_id)!r}; valid ids: "
                              + self._known_ids())
         return dict(row)
 
