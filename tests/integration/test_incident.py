@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE_ID, FAKE_MOBILE, REPO, no_leak
+
 from mhops import incident
 from mhops.errors import MhopsError
 from mhops.incident_store import MIGRATIONS, SCHEMA_VERSION, Store
