@@ -528,6 +528,15 @@ def incident_list(c, open=False, breached=False, lang=None):
         _exit_with(incident.list_(_incident_opts(c, lang), open_only=open, breached=breached))
 
 
+@task(help={"lang": "zh-CN or en"})
+def incident_rules(c, lang=None):
+    """Show the effective rule table: classification -> priority -> deadlines (invoke.yaml)."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.rules_table(_incident_opts(c, lang)))
+
+
 @task(help={"month": "YYYY-MM in the hospital's time zone", "lang": "zh-CN or en",
             "operator": "执行人"})
 def incident_summary(c, month, lang=None, operator=None):
@@ -554,6 +563,6 @@ incident = Collection("incident")
 for _name, _task in (("open", incident_open), ("ack", incident_ack), ("note", incident_note),
                      ("resolve", incident_resolve), ("edit", incident_edit),
                      ("report", incident_report), ("list", incident_list),
-                     ("summary", incident_summary)):
+                     ("summary", incident_summary), ("rules", incident_rules)):
     incident.add_task(_task, _name)
 ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident)

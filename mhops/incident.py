@@ -259,6 +259,22 @@ def list_(opts: Options, *, open_only: bool = False, breached: bool = False
     return records.Outcome(0, None, {"incidents": rows})
 
 
+def rules_table(opts: Options) -> records.Outcome:
+    """Print the effective rule table: every classification with its priority and deadlines."""
+    try:
+        rows = incident_rules.table(opts.rules())
+    except incident_rules.RuleError as exc:
+        raise _rule_error(exc) from None
+    L = records.labels(opts.lang)["incident"]
+    opts.echo(L["rules_header"])
+    for r in rows:
+        onsite = "" if r["onsite_minutes"] is None else f"{r['onsite_minutes']:g}"
+        opts.echo(f"{r['scope']} | {r['type']} | {r['severity']} | {r['priority']} "
+                  f"({L['priorities'].get(r['priority'], '')}) | {L['classes'][r['class']]} | "
+                  f"{r['respond_minutes']:g} | {onsite}")
+    return records.Outcome(0, None, {"rules": rows})
+
+
 def summary(opts: Options, month: str) -> records.Outcome:
     """Write the monthly fault summary (fault_summary) for ``YYYY-MM`` in the hospital's zone."""
     records.labels(opts.lang)

@@ -434,3 +434,7 @@ def test_cli(tmp_path):
     rep = _invoke(rec, "incident.report", "1")
     assert rep.returncode == 1 and "待补充 2 项" in rep.stdout  # impact, summary still open
     no_leak([rec], FAKE_ID, FAKE_MOBILE)
+    table = _invoke(rec, "incident.rules", "--lang", "en")
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == 1 + 24
+    assert "hospital | server | clinical | P1 (emergency) | respond at once | 5 | 120" in (
+        table.stdout)
