@@ -50,6 +50,14 @@ class Options:
             raise MhopsError(f"invoke.yaml {exc}") from None
 
 
+@dataclass
+class Written(records.Outcome):
+    """The fault record's outcome plus the analysis report written beside it, if any."""
+
+    analysis: dict[str, Any] | None = None
+    analysis_dir: Path | None = None
+
+
 def _store(path: Path) -> Store:
     return Store(path, Redactor())
 
@@ -170,7 +178,7 @@ def note(opts: Options, incident_id: Any, text: str, *, onsite: bool = False
 
 
 def resolve(opts: Options, incident_id: Any, *, resolution: str, runbook: str = "",
-            feedback: str = "") -> records.Outcome:
+            feedback: str = "") -> Written:
     """Close an incident and write its fault handling record (and analysis report)."""
     records.labels(opts.lang)
     if not str(resolution or "").strip():
@@ -207,7 +215,7 @@ def edit(opts: Options, incident_id: Any, field_name: str, text: str) -> records
     return records.Outcome(0, None, {"id": row["id"], "field": field_name})
 
 
-def report(opts: Options, incident_id: Any) -> records.Outcome:
+def report(opts: Options, incident_id: Any) -> Written:
     """Re-render the incident's records from the database (after edits or notes)."""
     records.labels(opts.lang)
     with _store(opts.db_path) as store:
@@ -216,7 +224,7 @@ def report(opts: Options, incident_id: Any) -> records.Outcome:
 
 
 def _write_records(opts: Options, store: Store, n: int, now: datetime, *,
-                   count_analysis: bool = True) -> records.Outcome:
+                   count_analysis: bool = True) -> Written:
     inc = view(store.get(n), now)
     notes, fields = store.notes(n), store.fields(n)
     fault = incident_report.fault_record(inc, notes, opts.lang, opts.timezone,
@@ -241,10 +249,7 @@ def _write_records(opts: Options, store: Store, n: int, now: datetime, *,
     for d in written:
         opts.echo(str(d))
     code = max(fault["exit_code"], analysis["exit_code"] if analysis and count_analysis else 0)
-    out = records.Outcome(code, fault_dir, fault)
-    out.analysis = analysis  # type: ignore[attr-defined]
-    out.analysis_dir = written[1] if analysis else None  # type: ignore[attr-defined]
-    return out
+    return Written(code, fault_dir, fault, analysis, written[1] if analysis else None)
 
 
 def list_(opts: Options, *, open_only: bool = False, breached: bool = False

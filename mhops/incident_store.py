@@ -98,8 +98,12 @@ class Store:
                                  path=str(self.path))
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("PRAGMA foreign_keys = ON")
-            self.path.chmod(0o600)
             self._migrate()
+            # The WAL holds the same rows as the database: same permissions, whatever the umask.
+            for f in (self.path, self.path.with_name(self.path.name + "-wal"),
+                      self.path.with_name(self.path.name + "-shm")):
+                if f.exists() and f.stat().st_mode & 0o077:
+                    f.chmod(0o600)
         except sqlite3.DatabaseError as exc:
             raise MhopsError(f"the incident database cannot be opened: {exc}",
                              path=str(self.path)) from None

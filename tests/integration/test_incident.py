@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FAKE_ID, FAKE_MOBILE, REPO, no_leak
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mhops import incident
 from mhops.errors import MhopsError
@@ -438,3 +440,45 @@ def test_cli(tmp_path):
     assert table.returncode == 0 and len(table.stdout.splitlines()) == 1 + 24
     assert "hospital | server | clinical | P1 (emergency) | respond at once | 5 | 120" in (
         table.stdout)
+
+
+def _open_fresh(records_dir: str, i: int) -> None:
+    opts = incident.Options(records_dir=Path(records_dir), echo=lambda _line: None)
+    incident.open_incident(opts, title=f"t{i}", scope="person", type_="server",
+                           severity="clinical")
+
+
+def test_first_open_by_several_processes_at_once(tmp_path):
+    """Creating the database and migrating it races safely: each step is one transaction."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_open_fresh, args=(str(tmp_path), i)) for i in range(PROCS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * PROCS
+    with Store(tmp_path / "incidents.sqlite3") as store:
+        assert sorted(r["title"] for r in store.query()) == [f"t{i}" for i in range(PROCS)]
+        assert [r[0] for r in store.db.execute("SELECT version FROM schema_version")] == [1, 2]
+    for f in tmp_path.glob("incidents.sqlite3*"):
+        assert f.stat().st_mode & 0o077 == 0, f
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.text(st.characters(blacklist_categories=("Nd", "Cs")), max_size=20),
+       after=st.text(st.characters(blacklist_categories=("Nd", "Cs")), max_size=20))
+def test_planted_identifiers_never_reach_the_store(tmp_path, before, after):
+    with Store(tmp_path / "p.sqlite3") as store:
+        n = store.create({"title": f"{before}{FAKE_ID}{after}", "scope": "person",
+                          "type": "server", "severity": "clinical", "priority": "P2",
+                          "fault_class": "routine", "reported_utc": "2026-11-01T00:00:00Z",
+                          "respond_by_utc": "2026-11-01T00:30:00Z",
+                          "reporter": f"{before}{FAKE_MOBILE}{after}",
+                          "updated_utc": "2026-11-01T00:00:00Z"})
+        with store.write():
+            store.add_note(n, "2026-11-01T00:01:00Z", f"{after}{FAKE_ID}{before}",
+                           data={"output": f"{before}{FAKE_MOBILE}"})
+        row, notes = store.get(n), store.notes(n)
+    stored = json.dumps([row, notes], ensure_ascii=False)
+    assert FAKE_ID not in stored and FAKE_MOBILE not in stored
