@@ -518,14 +518,16 @@ def incident_report(c, id, lang=None, operator=None):
 
 
 @task(help={"open": "only incidents not yet resolved",
-                 "breached": "only incidents whose SLA is breached",
-                 "lang": "zh-CN or en"})
-def incident_list(c, open=False, breached=False, lang=None):
+            "breached": "only incidents whose SLA is breached",
+            "since": "reported at or after (YYYY-MM-DD or ISO time, naive = UTC)",
+            "until": "reported before (same format)", "lang": "zh-CN or en"})
+def incident_list(c, open=False, breached=False, since=None, until=None, lang=None):
     """List incidents with their clocks."""
     from mhops import incident
 
     with _exits():
-        _exit_with(incident.list_(_incident_opts(c, lang), open_only=open, breached=breached))
+        _exit_with(incident.list_(_incident_opts(c, lang), open_only=open, breached=breached,
+                                  since=since, until=until))
 
 
 @task(help={"lang": "zh-CN or en"})

@@ -209,6 +209,10 @@ def edit(opts: Options, incident_id: Any, field_name: str, text: str) -> records
     now, who = opts.now(), records.operator_name(opts.operator)
     with _store(opts.db_path) as store, store.write():
         row = store.get(incident_id)
+        if row["scope"] not in incident_report.ANALYSED_SCOPES:
+            raise MhopsError(f"incident {row['id']} has scope {row['scope']!r}: analysis "
+                             "reports are written for scope "
+                             + " and ".join(incident_report.ANALYSED_SCOPES))
         store.set_field(row["id"], field_name, text.strip(), editor=who, at=_iso(now))
     opts.echo(records.labels(opts.lang)["incident"]["edited"].format(id=row["id"],
                                                                      field=field_name))
@@ -252,11 +256,17 @@ def _write_records(opts: Options, store: Store, n: int, now: datetime, *,
     return Written(code, fault_dir, fault, analysis, written[1] if analysis else None)
 
 
-def list_(opts: Options, *, open_only: bool = False, breached: bool = False
-          ) -> records.Outcome:
+def list_(opts: Options, *, open_only: bool = False, breached: bool = False,
+          since: Any = None, until: Any = None) -> records.Outcome:
+    """Print incidents (reported in [since, until) when given) with their clocks."""
+    try:
+        lo = _iso(incident_rules.parse_when(since, "--since")) if since else None
+        hi = _iso(incident_rules.parse_when(until, "--until")) if until else None
+    except incident_rules.RuleError as exc:
+        raise _rule_error(exc) from None
     now = opts.now()
     with _store(opts.db_path) as store:
-        rows = [view(r, now) for r in store.query(open_only=open_only)]
+        rows = [view(r, now) for r in store.query(lo, hi, open_only=open_only)]
     if breached:
         rows = [r for r in rows if r["sla"]["state"] == "breached"]
     for line in incident_report.list_lines(rows, opts.lang, opts.timezone):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, tzinfo
 from statistics import mean
 from typing import Any
 
-from mhops import records
+from mhops import incident_rules, records
 
 KIND_FAULT, KIND_ANALYSIS, KIND_SUMMARY = "fault", "fault_analysis", "fault_summary"
 SCHEMA_VERSION = 1
@@ -182,7 +182,8 @@ def summary_record(month: str, start: datetime, end: datetime, in_month: list[di
     totals = _stats(in_month)
     by: dict[str, list[dict[str, Any]]] = {}
     for cat in CATEGORIES:
-        values = sorted({i[cat] for i in in_month})
+        # Every value of the table is listed, zeros included, so months compare row by row.
+        values = list(incident_rules.AXES.get(cat, ())) or sorted({i[cat] for i in in_month})
         by[cat] = [{"value": v, **_stats([i for i in in_month if i[cat] == v])} for v in values]
     open_items = [{"id": i["id"], "title": i["title"], "priority": i["priority"],
                    "status": i["status"], "reported_utc": i["reported_utc"],

@@ -267,6 +267,13 @@ def test_bad_input_is_refused_with_valid_values(opts, clock):
     with pytest.raises(MhopsError, match="valid: description, steps, cause, impact, "
                                          "symptoms, summary"):
         incident.edit(opts, n, "reason", "x")
+    with pytest.raises(MhopsError, match="--until: '2026-11-31' is not a date; expected "
+                                         "YYYY-MM-DD"):
+        incident.list_(opts, until="2026-11-31")
+    person = _open(opts, scope="person")
+    with pytest.raises(MhopsError, match="scope 'person': analysis reports are written for "
+                                         "scope department and hospital"):
+        incident.edit(opts, person, "cause", "x")
     incident.resolve(opts, n, resolution="done")
     with pytest.raises(MhopsError, match="was resolved at .*incident.report"):
         incident.resolve(opts, n, resolution="again")
@@ -324,12 +331,17 @@ def test_summary_numbers_for_a_known_month(opts, clock):
     assert by["scope"]["hospital"]["mean_resolve_min"] == 150.0
     assert by["priority"]["P4"]["sla_breached"] == 1
     assert sorted(by["type"]) == ["server", "software"]
+    assert by["severity"]["experience"]["count"] == 1  # B
+    assert list(by["scope"]) == ["person", "department", "hospital"]
+    assert by["severity"]["clinical"]["count"] == 1 and by["priority"].keys() == {
+        "P1", "P2", "P3", "P4"}
     assert {o["id"] for o in r["open_items"]} == {d, f}
     assert "共 4 起" in r["headline"] and "25.0%" in r["headline"]
     md = (out.record_dir / "record.md").read_text()
     assert "月度故障汇总 2026-11" in md and "| 4 | 3 | 1 | 101.7 | 150 | 1 | 3 | 0 | 25 |" in md
     empty = incident.summary(opts, "2025-01").record
     assert empty["totals"]["count"] == 0 and empty["totals"]["compliance_percent"] is None
+    assert [x["count"] for x in empty["by_category"]["scope"]] == [0, 0, 0]
 
 
 # ------------------------------------------------------------------ concurrency
@@ -427,6 +439,8 @@ def test_cli(tmp_path):
     assert unknown.returncode == 3 and "unknown incident '5'; valid ids: 1" in unknown.stderr
     month = _invoke(rec, "incident.summary", "--month", "2026/11")
     assert month.returncode == 3 and "expected YYYY-MM" in month.stderr
+    since = _invoke(rec, "incident.list", "--since", "yesterday")
+    assert since.returncode == 3 and "--since: 'yesterday' is not a date" in since.stderr
     lst = _invoke(rec, "incident.list", "--open", "--lang", "en")
     assert lst.returncode == 0 and "#1 | P1 | open" in lst.stdout
     res = _invoke(rec, "incident.resolve", "1", "--resolution", "切换备机")
@@ -464,10 +478,14 @@ def test_first_open_by_several_processes_at_once(tmp_path):
         assert f.stat().st_mode & 0o077 == 0, f
 
 
+# Digits (and characters folding to digits, e.g. '¹') right beside the number make a
+# longer number, which mhops.redact deliberately leaves whole: not generated here.
+_TEXT = st.text(st.characters(blacklist_categories=("Nd", "No", "Cs")), max_size=20)
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(before=st.text(st.characters(blacklist_categories=("Nd", "Cs")), max_size=20),
-       after=st.text(st.characters(blacklist_categories=("Nd", "Cs")), max_size=20))
+@given(before=_TEXT, after=_TEXT)
 def test_planted_identifiers_never_reach_the_store(tmp_path, before, after):
     with Store(tmp_path / "p.sqlite3") as store:
         n = store.create({"title": f"{before}{FAKE_ID}{after}", "scope": "person",
