@@ -90,6 +90,10 @@ class Store:
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                       isolation_level=None)
+        except sqlite3.Error as exc:
+            raise MhopsError(f"the incident database cannot be opened: {exc}",
+                             path=str(self.path)) from None
+        try:
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -105,8 +109,12 @@ class Store:
                 if f.exists() and f.stat().st_mode & 0o077:
                     f.chmod(0o600)
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise MhopsError(f"the incident database cannot be opened: {exc}",
                              path=str(self.path)) from None
+        except BaseException:
+            self.db.close()
+            raise
 
     def __enter__(self) -> Store:
         return self

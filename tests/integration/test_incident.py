@@ -22,6 +22,7 @@ from mhops.errors import MhopsError
 from mhops.incident_store import MIGRATIONS, SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 11, 3, 2, 0, tzinfo=UTC)
+SECRET = "Planted-S3cret-9f2c"
 
 
 class Clock:
@@ -85,7 +86,8 @@ def test_resolved_department_incident_yields_complete_records(opts, clock):
     clock.plus(12)
     incident.ack(opts, n)
     clock.plus(8)
-    incident.note(opts, n, f"gunicorn workers hung; log shows patient {FAKE_ID}")
+    incident.note(opts, n, f"gunicorn workers hung; log shows patient {FAKE_ID}; "
+                           f"db url postgresql://app:{SECRET}@db01/his")
     incident.attach(opts.db_path, n, "runbook:service-down",
                     [{"step": "restart", "status": "ok", "output": f"called {FAKE_MOBILE}"},
                      "health check 200"], now=clock)
@@ -145,11 +147,13 @@ def test_resolved_department_incident_yields_complete_records(opts, clock):
     assert "【待填写】" not in (again.analysis_dir / "record.md").read_text()
     assert again.analysis_dir != out.analysis_dir  # earlier renderings are kept
 
-    no_leak([opts.records_dir], FAKE_ID, FAKE_MOBILE)
+    no_leak([opts.records_dir], FAKE_ID, FAKE_MOBILE, SECRET)
     for f in opts.records_dir.glob("incidents.sqlite3*"):
         raw = f.read_bytes()
-        assert FAKE_ID.encode() not in raw and FAKE_MOBILE.encode() not in raw
-    assert FAKE_ID not in "\n".join(opts.lines) and FAKE_MOBILE not in "\n".join(opts.lines)
+        for planted in (FAKE_ID, FAKE_MOBILE, SECRET):
+            assert planted.encode() not in raw, (planted, f)
+    shown = "\n".join(opts.lines)
+    assert FAKE_ID not in shown and FAKE_MOBILE not in shown and SECRET not in shown
 
 
 def test_person_incident_has_no_analysis_report(opts, clock):
@@ -500,3 +504,11 @@ def test_planted_identifiers_never_reach_the_store(tmp_path, before, after):
         row, notes = store.get(n), store.notes(n)
     stored = json.dumps([row, notes], ensure_ascii=False)
     assert FAKE_ID not in stored and FAKE_MOBILE not in stored
+
+
+def test_a_corrupt_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "incidents.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(MhopsError, match="incidents.sqlite3: the incident database cannot be "
+                                         "opened: file is not a database"):
+        Store(path)
