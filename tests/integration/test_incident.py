@@ -422,7 +422,8 @@ def test_newer_schema_is_refused(tmp_path):
 # ------------------------------------------------------------------ the CLI
 
 def _invoke(records: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, INVOKE_MHOPS_RECORDS_DIR=str(records), MHOPS_OPERATOR="cli")
+    env = dict(os.environ, INVOKE_MHOPS_RECORDS_DIR=str(records), INVOKE_INCIDENT_DB="",
+               MHOPS_OPERATOR="cli")
     return subprocess.run([str(REPO / ".venv" / "bin" / "invoke"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
