@@ -422,6 +422,134 @@ def test(c, pytest_args="", lint=True):
         c.run(f"{bindir}/python -m pytest {pytest_args}", pty=False)
 
 
+def _incident_opts(c, lang=None, operator=None):
+    from mhops import incident
+
+    cfg, m = c.config.incident, c.config.mhops
+    raw = {k: cfg[k] for k in ("classes", "onsite_minutes", "priorities", "rules") if k in cfg}
+    return incident.Options(records_dir=_path(m.records_dir),
+                            db=str(_path(cfg.db)) if cfg.db else "",
+                            config=_plain(raw), lang=lang or m.lang,
+                            operator=operator or m.operator, timezone=m.timezone)
+
+
+def _plain(value):
+    """invoke.yaml values (DataProxy) as plain dicts and lists, for validation."""
+    if hasattr(value, "keys"):
+        return {k: _plain(value[k]) for k in value}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@task(help={"title": "short description of the fault (redacted before it is stored)",
+            "scope": "person, department or hospital", "type": "server or software",
+            "severity": "patient-safety, clinical, operations or experience",
+            "reporter": "who reported it (feedback goes to them)",
+            "host": "the host concerned", "lang": "zh-CN or en", "operator": "执行人"})
+def incident_open(c, title, scope, type, severity, reporter="", host="", lang=None,
+                  operator=None):
+    """Open an incident: priority from the rule table in invoke.yaml; prints the deadlines."""
+    from mhops import incident
+
+    opts = _incident_opts(c, lang, operator)
+    with _exits():
+        outcome = incident.open_incident(opts, title=title, scope=scope, type_=type,
+                                         severity=severity, reporter=reporter, host=host)
+    _exit_with(outcome)
+
+
+@task(positional=["id"], help={"id": "incident number", "text": "optional note",
+                               "onsite": "also record arrival on site now",
+                               "lang": "zh-CN or en", "operator": "执行人"})
+def incident_ack(c, id, text="", onsite=False, lang=None, operator=None):
+    """Acknowledge (respond to) an incident: stops its response clock."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.ack(_incident_opts(c, lang, operator), id, text=text,
+                                onsite=onsite))
+
+
+@task(positional=["id", "text"], help={"id": "incident number", "text": "the handling step",
+                                       "onsite": "this note records arrival on site",
+                                       "lang": "zh-CN or en", "operator": "执行人"})
+def incident_note(c, id, text, onsite=False, lang=None, operator=None):
+    """Add a handling step to an incident."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.note(_incident_opts(c, lang, operator), id, text, onsite=onsite))
+
+
+@task(positional=["id"], help={"id": "incident number", "resolution": "how it was solved",
+                               "runbook": "the runbook used", "feedback": "feedback given to "
+                               "the reporter", "lang": "zh-CN or en", "operator": "执行人"})
+def incident_resolve(c, id, resolution, runbook="", feedback="", lang=None, operator=None):
+    """Resolve an incident: writes 故障处理记录 (and 系统故障分析报告 for department/hospital)."""
+    from mhops import incident
+
+    with _exits():
+        outcome = incident.resolve(_incident_opts(c, lang, operator), id,
+                                   resolution=resolution, runbook=runbook, feedback=feedback)
+    _exit_with(outcome)
+
+
+@task(positional=["id"], help={"id": "incident number",
+                               "field": "description, steps, cause, impact, symptoms or summary",
+                               "text": "the text entered by a person", "operator": "执行人"})
+def incident_edit(c, id, field, text, operator=None):
+    """Fill in a field of the fault analysis report (then `incident.report N`)."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.edit(_incident_opts(c, None, operator), id, field, text))
+
+
+@task(positional=["id"], help={"id": "incident number", "lang": "zh-CN or en",
+                               "operator": "执行人"})
+def incident_report(c, id, lang=None, operator=None):
+    """Re-render an incident's records (after notes or analysis edits); 1 = fields pending."""
+    from mhops import incident
+
+    with _exits():
+        outcome = incident.report(_incident_opts(c, lang, operator), id)
+    _exit_with(outcome)
+
+
+@task(help={"open": "only incidents not yet resolved",
+            "breached": "only incidents whose SLA is breached",
+            "since": "reported at or after (YYYY-MM-DD or ISO time, naive = UTC)",
+            "until": "reported before (same format)", "lang": "zh-CN or en"})
+def incident_list(c, open=False, breached=False, since=None, until=None, lang=None):
+    """List incidents with their clocks."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.list_(_incident_opts(c, lang), open_only=open, breached=breached,
+                                  since=since, until=until))
+
+
+@task(help={"lang": "zh-CN or en"})
+def incident_rules(c, lang=None):
+    """Show the effective rule table: classification -> priority -> deadlines (invoke.yaml)."""
+    from mhops import incident
+
+    with _exits():
+        _exit_with(incident.rules_table(_incident_opts(c, lang)))
+
+
+@task(help={"month": "YYYY-MM in the hospital's time zone", "lang": "zh-CN or en",
+            "operator": "执行人"})
+def incident_summary(c, month, lang=None, operator=None):
+    """Monthly fault summary by category: counts, time to resolve, SLA compliance, open items."""
+    from mhops import incident
+
+    with _exits():
+        outcome = incident.summary(_incident_opts(c, lang, operator), month)
+    _exit_with(outcome)
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -433,4 +561,10 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf)
+incident = Collection("incident")
+for _name, _task in (("open", incident_open), ("ack", incident_ack), ("note", incident_note),
+                     ("resolve", incident_resolve), ("edit", incident_edit),
+                     ("report", incident_report), ("list", incident_list),
+                     ("summary", incident_summary), ("rules", incident_rules)):
+    incident.add_task(_task, _name)
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident)
