@@ -205,7 +205,9 @@ _ASSIGN = r"[ \t]*(?:=>|[:=])[ \t]*"
 _S = "[ -]?"
 _ID18 = (
     rf"(?<![0-9])[0-9]{{6}}{_S}[0-9]{{4}}{_S}[0-9]{{2}}{_S}[0-9]{{2}}"
-    rf"{_S}[0-9]{{3}}{_S}[0-9Xx](?![0-9])"
+    # A check character X ends the number by itself: what follows it (a digit, or
+    # a character that folds to one, like "¹") cannot make it part of a longer number.
+    rf"{_S}[0-9]{{3}}{_S}(?:[0-9](?![0-9])|[Xx])"
 )
 _ID15 = rf"(?<![0-9])[0-9]{{6}}{_S}[0-9]{{2}}{_S}[0-9]{{2}}{_S}[0-9]{{2}}{_S}[0-9]{{3}}(?![0-9])"
 # A bare "86" prefix is taken too: 86 followed by a mobile number is the
