@@ -159,12 +159,12 @@ def _vault(tmp: Path, name: str, value: str) -> str:
 
 
 def make_inventory(tmp: Path, channels: list[dict], *, group_vars: dict | None = None,
-                   vault: bool = True) -> tuple[Path, Path]:
+                   vault: bool = True, host_vars: dict | None = None) -> tuple[Path, Path]:
     inv = tmp / "inventory"
     (inv / "group_vars" / "all").mkdir(parents=True)
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
         "ansible_connection": "local",
-        "ansible_python_interpreter": sys.executable}}}}))
+        "ansible_python_interpreter": sys.executable, **(host_vars or {})}}}}))
     plain = {"mhops_notify_channels": channels, "vault_planted": VAULT_SECRET,
              "vault_wecom_key": WECOM_KEY, "vault_ding_token": DING_TOKEN,
              "vault_smtp_password": SMTP_PASSWORD, **(group_vars or {})}
@@ -510,3 +510,40 @@ def test_invoke_notify_test(tmp_path, receivers):
     out = _invoke(tmp_path, pw, "notify.test", "-i", str(bad))
     assert out.returncode == 3 and "unknown setting 'webhok'" in out.stderr
     assert "main.yml" in out.stderr
+
+
+def test_invoke_drill_restore_failure_notifies_and_exports(tmp_path, receivers):
+    """A backup whose bytes do not match its manifest: the drill fails at the file check
+    (no database is touched), exits 2, and the failure goes out and into JUnit."""
+    backups = tmp_path / "backups"
+    folder = backups / "mhn_pg"
+    folder.mkdir(parents=True)
+    dump = folder / "mhn_pg-20261128T000000Z.dump"
+    dump.write_bytes(b"PGDMP not really a dump")
+    (folder / "mhn_pg-20261128T000000Z.manifest.json").write_text(json.dumps({
+        "schema_version": 1, "name": "mhn_pg", "engine": "postgresql", "database": "mhn_x",
+        "file": dump.name, "format": "custom", "sha256": "0" * 64, "size": 23,
+        "started_at": "2026-11-28T00:00:00Z", "finished_at": "2026-11-28T00:00:01Z",
+        "tables": {"public.patients": 1}, "tool": "pg_dump 15", "host": "localhost"}))
+    db = {"name": "mhn_pg", "engine": "postgresql", "host": "127.0.0.1", "port": 5432,
+          "user": "postgres", "password": "", "database": "mhn_x", "production": False,
+          "backup_dir": str(backups)}
+    wecom, ding = receivers(), receivers()
+    inv, pw = make_inventory(tmp_path, all_channels(wecom, ding, None),
+                             host_vars={"mhops_databases": [db]})
+    prom = tmp_path / "textfile"
+    prom.mkdir()
+    out = _invoke(tmp_path, pw, "drill", "restore", "-i", str(inv), "--engine", "postgresql",
+                  "--name", "mhn_pg", "--lang", "en", "--junit", str(tmp_path / "drill.xml"),
+                  "--prom-textfile", str(prom), INVOKE_DRILL_SCRATCH_DIR=str(tmp_path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    content = wecom.requests[0]["body"]["markdown"]["content"]
+    assert content.startswith("### 【Critical】DR drill failed") and "Database: mhn_pg" in content
+    assert all(_dingtalk_signature_ok(r) for r in ding.requests)
+    schema = etree.XMLSchema(etree.parse(str(XSD)))
+    doc = etree.parse(str(tmp_path / "drill.xml"))
+    assert schema.validate(doc), schema.error_log
+    assert doc.find(".//failure") is not None
+    m = {f.name: f.samples for f in text_string_to_metric_families(
+        (prom / "mhops_drill.prom").read_text())}
+    assert m["mhops_run_exit_code"][0].value == 2
