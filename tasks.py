@@ -87,10 +87,16 @@ def _after_run(c, outcome, targets, inventory, send=True) -> None:
 
     try:
         exports.publish(outcome, targets)
-    except OSError as exc:
+    except Exception as exc:  # the run is recorded; its exit code must survive this
         print(f"warning: could not write the machine-readable output: {exc}", file=sys.stderr)
     if send:
-        notify.after_run(outcome, _notify_settings(c, inventory))
+        try:
+            settings = _notify_settings(c, inventory)
+        except Exception as exc:
+            print(f"warning: notify settings in invoke.yaml are unusable: {exc}",
+                  file=sys.stderr)
+            return
+        notify.after_run(outcome, settings)
 
 
 @task(

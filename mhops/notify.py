@@ -28,6 +28,7 @@ import smtplib
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,12 +119,20 @@ class _Attempt(Exception):
         self.retry = retry
 
 
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    """The environment's proxies for the robots' public hosts; never for loopback."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> Any:
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
     req = urllib.request.Request(url, data=data, method="POST",
                                  headers={"Content-Type": "application/json; charset=utf-8"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _opener(url).open(req, timeout=timeout) as resp:
             text = resp.read(65536)
     except urllib.error.HTTPError as exc:
         raise _Attempt(f"HTTP {exc.code}", P.http_retriable(exc.code)) from None

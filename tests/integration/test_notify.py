@@ -547,3 +547,24 @@ def test_invoke_drill_restore_failure_notifies_and_exports(tmp_path, receivers):
     m = {f.name: f.samples for f in text_string_to_metric_families(
         (prom / "mhops_drill.prom").read_text())}
     assert m["mhops_run_exit_code"][0].value == 2
+
+
+def test_invoke_notify_sla_with_an_injected_source(tmp_path, receivers):
+    wecom, ding = receivers(), receivers()
+    inv, pw = make_inventory(tmp_path, all_channels(wecom, ding, None))
+    incidents = tmp_path / "due.json"
+    incidents.write_text(json.dumps([
+        {"id": "INC-1", "due": "2026-11-28T05:00:00Z", "minutes_left": 20, "priority": "P2",
+         "title": "处方流转延迟"},
+        {"id": "INC-2", "due": "2026-11-28T09:00:00Z", "minutes_left": 240}]))
+    args = ["notify.sla", "-i", str(inv), "--within", "30", "--source", "tests.sla_stub:due_soon"]
+    first = _invoke(tmp_path, pw, *args, MHN_SLA_FILE=str(incidents))
+    assert first.returncode == 0, first.stdout + first.stderr
+    (req,) = wecom.requests
+    content = req["body"]["markdown"]["content"]
+    assert "INC-1" in content and "INC-2" not in content and "处方流转延迟" in content
+    again = _invoke(tmp_path, pw, *args, MHN_SLA_FILE=str(incidents))
+    assert again.returncode == 0 and "already announced" in again.stdout
+    assert len(wecom.requests) == 1
+    missing = _invoke(tmp_path, pw, "notify.sla", "-i", str(inv))
+    assert missing.returncode == 3 and "notify.sla_source" in missing.stderr
