@@ -194,7 +194,8 @@ def build_message(event: str, severity: str, record: dict[str, Any],
     hospital's network.
     """
     n = words["notify"]
-    statuses, checks = words.get("statuses", {}), words.get("checks", {})
+    statuses = {**n.get("statuses", {}), **words.get("statuses", {})}
+    checks = words.get("checks", {})
     title = f"【{n['severities'][severity]}】{n['events'][event]}"
     lines = []
     if record.get("headline"):

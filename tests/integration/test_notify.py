@@ -148,14 +148,20 @@ def smtp(tls_files):
 
 # ------------------------------------------------------------------ inventory
 
+_VAULTED: dict[tuple[str, str], str] = {}
+
+
 def _vault(tmp: Path, name: str, value: str) -> str:
-    """An inline ansible-vault value, as a hospital inventory would hold it."""
+    """An inline ansible-vault value, as a hospital inventory would hold it (encrypted
+    once per session: the password is the same in every test)."""
     pw = tmp / "vault-pass"
     pw.write_text("mhn-test-vault-password\n")
-    out = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string",
-                          "--vault-password-file", str(pw), value, "--name", name],
-                         check=True, capture_output=True, text=True).stdout
-    return out
+    if (name, value) not in _VAULTED:
+        _VAULTED[name, value] = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string",
+             "--vault-password-file", str(pw), value, "--name", name],
+            check=True, capture_output=True, text=True).stdout
+    return _VAULTED[name, value]
 
 
 def make_inventory(tmp: Path, channels: list[dict], *, group_vars: dict | None = None,
