@@ -236,7 +236,8 @@ def notify_event(event: str, record: dict[str, Any], settings: Settings, *,
     """Send `event` about `record` to every channel that takes it; write the record.
 
     Raises only when even the notification record cannot be written; a channel that
-    cannot be configured or reached is recorded as such.
+    cannot be configured or reached is recorded as such. When no channel takes the
+    event nothing is sent and no record is written (``record_dir`` is None).
     """
     started = records.utc_now()
     severity = severity or P.severity_of(record)
@@ -287,6 +288,10 @@ def notify_event(event: str, record: dict[str, Any], settings: Settings, *,
         "deliveries": [asdict(d) for d in deliveries],
         "error": error or None,
     }
+    if not targets and not error:
+        # Nothing was attempted (no channel configured, or none takes this event): a
+        # record per abnormal run saying so would only bury the real ones.
+        return records.Outcome(exit_code=0, record_dir=None, record=redactor.obj(out))
     run_dir = records.write_run(settings.records_dir, KIND, out, redactor)
     clean_out = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
     for d in clean_out["deliveries"]:

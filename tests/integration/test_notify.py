@@ -386,7 +386,8 @@ def test_filters_by_event_and_severity(tmp_path, receivers):
     out = notify.notify_event("inspection", rec, settings(tmp_path, inv, pw),
                               severity="warning")
     assert out.record["deliveries"] == [] and not wecom.requests and not ding.requests
-    assert out.exit_code == 0
+    assert out.exit_code == 0 and out.record_dir is None
+    assert not (tmp_path / "records").exists()
 
 
 def test_sla_reminders_go_out_once_per_incident(tmp_path, receivers):
@@ -503,6 +504,11 @@ def test_invoke_refuses_a_missing_prom_folder_before_running(tmp_path):
                   str(tmp_path / "nope"))
     assert out.returncode == 3 and "--prom-textfile" in out.stderr
     assert not (tmp_path / "records").exists()
+    # abnormal, but no channel configured: nothing sent, no notification record
+    out = _invoke(tmp_path, pw, "inspect", "-i", str(inv))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert [p.name.split("-", 1)[1] for p in (tmp_path / "records").iterdir()
+            if not p.name.startswith(".")] == ["inspection"]
 
 
 def test_invoke_notify_test(tmp_path, receivers):
