@@ -138,7 +138,8 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> Any:
         raise _Attempt(f"HTTP {exc.code}", P.http_retriable(exc.code)) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise _Attempt(f"{type(exc).__name__}: {reason}", True) from None
+        raise _Attempt(f"{type(exc).__name__}: {reason}",
+                       not isinstance(reason, ssl.SSLCertVerificationError)) from None
     try:
         return json.loads(text)
     except ValueError:
@@ -177,6 +178,9 @@ def _email(channel: dict[str, Any], msg: P.Message, timeout: float) -> None:
             if channel.get("username"):
                 smtp.login(channel["username"], channel.get("password") or "")
             smtp.send_message(P.email_message(msg, channel))
+    except (smtplib.SMTPNotSupportedError, ssl.SSLError) as exc:
+        # No STARTTLS/AUTH on the server, or a certificate we do not trust: no retry heals it.
+        raise _Attempt(f"{type(exc).__name__}: {exc}", False) from None
     except smtplib.SMTPRecipientsRefused as exc:
         raise _Attempt(f"recipients refused: {', '.join(exc.recipients)}", False) from None
     except smtplib.SMTPResponseException as exc:

@@ -580,3 +580,13 @@ def test_invoke_notify_sla_with_an_injected_source(tmp_path, receivers):
     assert len(wecom.requests) == 1
     missing = _invoke(tmp_path, pw, "notify.sla", "-i", str(inv))
     assert missing.returncode == 3 and "notify.sla_source" in missing.stderr
+
+
+def test_an_untrusted_smtp_certificate_is_not_retried(tmp_path, smtp):
+    chans = [{"name": "mail", "type": "email", "host": "127.0.0.1", "port": smtp.port,
+              "starttls": True, "from": "a@mhops.test", "to": ["b@mhops.test"]}]
+    inv, pw = make_inventory(tmp_path, chans)
+    out = notify.notify_event("inspection", inspection_record(), settings(tmp_path, inv, pw))
+    (d,) = out.record["deliveries"]
+    assert (d["status"], d["attempts"]) == ("failed", 1) and "SSL" in d["error"], d
+    assert smtp.messages == []
