@@ -127,10 +127,14 @@ def endpoint(url: str) -> str:
 def event_for(record: dict[str, Any]) -> tuple[str, str] | None:
     """(event, severity) a finished run raises by itself, or None.
 
-    An inspection with warning or critical results, and a failed drill. Rollbacks and
-    SLA reminders are raised by their callers through ``notify_event``.
+    An inspection with warning or critical results, a failed drill, and any record that
+    says it rolled back (``rolled_back: true`` or status/outcome ``rolled_back``, e.g.
+    an upgrade). SLA reminders are raised by ``sla_check``.
     """
     kind = record.get("kind")
+    if record.get("rolled_back") is True or "rolled_back" in (record.get("status"),
+                                                              record.get("outcome")):
+        return ROLLBACK, CRITICAL
     if kind == "inspection":
         lvl = run_level(record)
         if lvl == FAIL:

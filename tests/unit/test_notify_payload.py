@@ -34,6 +34,9 @@ def test_events_raised_by_records():
     assert P.event_for(drill_record("passed")) is None
     assert P.event_for(drill_record("warning")) is None
     assert P.event_for({"kind": "backup_run", "status": "critical"}) is None
+    assert P.event_for({"kind": "upgrade", "status": "critical", "rolled_back": True}) == (
+        "rollback", "critical")
+    assert P.event_for({"kind": "upgrade", "outcome": "rolled_back"}) == ("rollback", "critical")
 
 
 @pytest.mark.parametrize("lang", ["zh-CN", "en"])
