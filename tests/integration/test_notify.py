@@ -354,7 +354,7 @@ def test_dead_receivers_fail_within_the_bound_and_are_recorded(tmp_path):
     assert by["refused"]["attempts"] >= 2 and "refused" in by["refused"]["error"].lower()
     assert "timed out" in by["silent"]["error"].lower() or "timeout" in by["silent"][
         "error"].lower(), by["silent"]["error"]
-    assert all(d["seconds"] <= 3.5 for d in by.values()), by
+    assert all(d["seconds"] <= 5 for d in by.values()), by   # bound 3 s + scheduling slack
     assert out.exit_code == 2
     texts = _record_texts(s.records_dir)
     for secret in (WECOM_KEY, DING_TOKEN, DING_SECRET):
@@ -493,7 +493,7 @@ def test_invoke_inspect_keeps_its_exit_code_when_every_channel_is_dead(tmp_path)
     (note,) = [p for p in (tmp_path / "records").iterdir() if p.name.endswith("notification")]
     rec = json.loads((note / "record.json").read_text())
     (d,) = rec["deliveries"]
-    assert d["status"] == "failed" and d["attempts"] >= 2 and d["seconds"] <= 2.5
+    assert d["status"] == "failed" and d["attempts"] >= 2 and d["seconds"] <= 4
     assert rec["about"]["kind"] == "inspection" and WECOM_KEY not in json.dumps(rec)
     assert "dead (wecom)" in out.stdout
 
