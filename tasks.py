@@ -45,6 +45,60 @@ def _exit_with(outcome) -> None:
         raise Exit(code=outcome.exit_code)
 
 
+def _targets(junit, prom_textfile):
+    """--junit / --prom-textfile destinations, refused before the run when unusable."""
+    from mhops.exports import Targets
+
+    targets = Targets(junit=_path(junit) if junit else None,
+                      prom_dir=_path(prom_textfile) if prom_textfile else None)
+    targets.check()
+    return targets
+
+
+def _notify_settings(c, inventory, lang=None, explicit=False):
+    """Notification settings; channels come from notify.inventory, else the run's inventory."""
+    from mhops import notify
+
+    n, m = c.config.get("notify") or {}, c.config.mhops
+    inv = None if explicit else n.get("inventory")
+    return notify.settings_from(
+        _plain_cfg(n), records_dir=_path(m.records_dir), state_dir=_path(m.state_dir),
+        inventory=[str(_path(inv))] if inv else list(inventory),
+        vault_password_file=m.vault_password_file or None, lang=lang,
+        operator=m.operator, timezone=m.timezone)
+
+
+def _plain_cfg(value):
+    """An invoke.yaml value (DataProxy, nested) as plain dicts and lists."""
+    if hasattr(value, "keys"):
+        return {k: _plain_cfg(value[k]) for k in value}
+    if isinstance(value, (list, tuple)):
+        return [_plain_cfg(v) for v in value]
+    return value
+
+
+def _after_run(c, outcome, targets, inventory, send=True) -> None:
+    """After the record is written: JUnit/Prometheus files, then notifications.
+
+    Neither changes the run's exit code: a notification failure is recorded as a
+    notification record, and the output folders were checked before the run.
+    """
+    from mhops import exports, notify
+
+    try:
+        exports.publish(outcome, targets)
+    except Exception as exc:  # the run is recorded; its exit code must survive this
+        print(f"warning: could not write the machine-readable output: {exc}", file=sys.stderr)
+    if send:
+        try:
+            settings = _notify_settings(c, inventory)
+        except Exception as exc:
+            print(f"warning: notify settings in invoke.yaml are unusable: {exc}",
+                  file=sys.stderr)
+            return
+        notify.after_run(outcome, settings)
+
+
 @task(
     iterable=["inventory", "notify"],
     help={
@@ -57,10 +111,14 @@ def _exit_with(outcome) -> None:
         "note": "异常反馈 note",
         "resolution": "解决方案 entered by the operator",
         "keep_artifacts": "keep the (redacted) ansible-runner artifacts beside the records",
+        "junit": "also write the result as JUnit XML to this file (for CI)",
+        "prom_textfile": "also write <DIR>/mhops_inspection.prom for node_exporter",
+        "no_send": "do not send notifications for this run",
     },
 )
 def inspect(c, inventory=None, limit=None, transport=None, lang=None, operator=None,
-            notify=None, note="", resolution="", keep_artifacts=False):
+            notify=None, note="", resolution="", keep_artifacts=False, junit=None,
+            prom_textfile=None, no_send=False):
     """Inspect hosts (CPU, memory, disk, services, ports, health, TLS, logs) and write a record."""
     from mhops import inspect as inspection
 
@@ -83,7 +141,9 @@ def inspect(c, inventory=None, limit=None, transport=None, lang=None, operator=N
         keep_artifacts=keep_artifacts,
     )
     with _exits():
+        targets = _targets(junit, prom_textfile)
         outcome = inspection.run(opts)
+    _after_run(c, outcome, targets, opts.inventory, send=not no_send)
     _exit_with(outcome)
 
 
@@ -259,9 +319,13 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
     "name": "logical database name when several match", "inventory": "inventory (repeatable)",
     "lang": "zh-CN or en", "operator": "执行人",
     "smoke_day": "YYYY-MM-DD or today (default: backup day)",
-    "department": "department code for the smoke query"})
+    "department": "department code for the smoke query",
+    "junit": "also write the drill as JUnit XML to this file (for CI)",
+    "prom_textfile": "also write <DIR>/mhops_drill.prom for node_exporter",
+    "no_send": "do not send notifications for this run"})
 def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=None,
-          lang=None, operator=None, smoke_day=None, department=None):
+          lang=None, operator=None, smoke_day=None, department=None, junit=None,
+          prom_textfile=None, no_send=False):
     """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
     from mhops import drill as drills
 
@@ -283,7 +347,9 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         operator=operator or m.operator, timezone=m.timezone,
         vault_password_file=m.vault_password_file or None)
     with _exits():
+        targets = _targets(junit, prom_textfile)
         outcome = drills.run(opts)
+    _after_run(c, outcome, targets, opts.inventory, send=not no_send)
     _exit_with(outcome)
 
 
@@ -547,6 +613,59 @@ def incident_summary(c, month, lang=None, operator=None):
 
     with _exits():
         outcome = incident.summary(_incident_opts(c, lang, operator), month)
+@task(iterable=["inventory"], help={
+    "inventory": "inventory whose group_vars hold mhops_notify_channels; default "
+                 "notify.inventory, then inspect.inventory",
+    "lang": "message language: zh-CN (default) or en"})
+def notify_test(c, inventory=None, lang=None):
+    """Send a test message to every configured channel and record the deliveries."""
+    from mhops import notify
+
+    inv = [str(_path(i)) for i in (inventory or [c.config.inspect.inventory])]
+    settings = _notify_settings(c, inv, lang or c.config.mhops.lang, explicit=bool(inventory))
+    with _exits():
+        outcome = notify.send_test(settings)
+    _exit_with(outcome)
+
+
+@task(iterable=["inventory"], help={
+    "within": "minutes: remind about SLA deadlines this close (default notify.sla_within_minutes)",
+    "source": "module:function returning the incidents due soon; default: the incident store",
+    "inventory": "inventory whose group_vars hold mhops_notify_channels",
+    "lang": "message language: zh-CN (default) or en"})
+def notify_sla(c, within=None, source=None, inventory=None, lang=None):
+    """Remind the channels about incidents whose SLA deadline is near (once per incident)."""
+    import importlib
+
+    from mhops import notify
+    from mhops.errors import MhopsError
+
+    n = c.config.get("notify") or {}
+    spec = source or n.get("sla_source") or ""
+    inv = [str(_path(i)) for i in (inventory or [c.config.inspect.inventory])]
+    settings = _notify_settings(c, inv, lang or c.config.mhops.lang, explicit=bool(inventory))
+    with _exits():
+        if spec:
+            module, _, name = spec.partition(":")
+            if not module or not name:
+                raise MhopsError(f"SLA source {spec!r}: expected module:function")
+            try:
+                due_soon = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as exc:
+                raise MhopsError(f"SLA source {spec!r}: {exc}") from None
+        else:  # the incident store this project keeps (incident.* tasks)
+            from functools import partial
+
+            from mhops import incident, incident_store
+
+            store = incident_store.path_for(_path(c.config.mhops.records_dir),
+                                            _path(c.config.incident.db) if c.config.incident.db else None)
+            due_soon = partial(incident.sla_reminders, store)
+        outcome = notify.sla_check(due_soon, settings,
+                                   int(within or n.get("sla_within_minutes") or 30))
+    if outcome is None:
+        print("no incident close to its SLA deadline that was not already announced")
+        return
     _exit_with(outcome)
 
 
@@ -567,4 +686,7 @@ for _name, _task in (("open", incident_open), ("ack", incident_ack), ("note", in
                      ("report", incident_report), ("list", incident_list),
                      ("summary", incident_summary), ("rules", incident_rules)):
     incident.add_task(_task, _name)
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident)
+notify_ns = Collection("notify")
+notify_ns.add_task(notify_test, "test")
+notify_ns.add_task(notify_sla, "sla")
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns)

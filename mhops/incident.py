@@ -371,3 +371,13 @@ def list_incidents(store_path: str | Path, since: Any = None, until: Any = None,
     t = now()
     with _store(Path(store_path)) as store:
         return [view(r, t) | {"notes": store.notes(r["id"])} for r in store.query(lo, hi)]
+
+
+def sla_reminders(store_path: str | Path, within_minutes: float, *,
+                  now: Callable[[], datetime] = records.utc_now) -> list[dict[str, Any]]:
+    """:func:`due_soon` flattened to what a notifier announces (id, due, minutes left)."""
+    return [{"id": i["id"], "due": i["sla"]["next"]["due_utc"],
+             "minutes_left": i["sla"]["next"]["minutes_left"],
+             "clock": i["sla"]["next"]["clock"], "title": i["title"],
+             "priority": i["priority"], "host": i["host"]}
+            for i in due_soon(store_path, within_minutes, now=now)]

@@ -147,8 +147,17 @@ def select(sources: list[str] | tuple[str, ...], limit: str | None = None,
     warnings: list[tuple[str, BaseException]] = []
     if vault_password_file:
         from ansible.cli import CLI
-        CLI.setup_vault_secrets(loader, vault_ids=[],
-                                vault_password_files=[vault_password_file])
+        from ansible.parsing.vault import VaultSecretsContext
+
+        vault = CLI.setup_vault_secrets(loader, vault_ids=[],
+                                        vault_password_files=[vault_password_file],
+                                        initialize_context=False)
+        # Ansible's process-wide vault context may be initialised only once, but one
+        # process can select twice (a run, then its notifications): replace it instead.
+        if VaultSecretsContext.current(optional=True) is None:
+            VaultSecretsContext.initialize(VaultSecretsContext(vault))
+        else:
+            VaultSecretsContext._current = VaultSecretsContext(vault)
     try:
         with _captured_parse_warnings(warnings):
             inv = InventoryManager(loader=loader, sources=list(sources))
