@@ -613,6 +613,9 @@ def incident_summary(c, month, lang=None, operator=None):
 
     with _exits():
         outcome = incident.summary(_incident_opts(c, lang, operator), month)
+    _exit_with(outcome)
+
+
 @task(iterable=["inventory"], help={
     "inventory": "inventory whose group_vars hold mhops_notify_channels; default "
                  "notify.inventory, then inspect.inventory",
@@ -658,8 +661,9 @@ def notify_sla(c, within=None, source=None, inventory=None, lang=None):
 
             from mhops import incident, incident_store
 
+            configured = c.config.incident.db
             store = incident_store.path_for(_path(c.config.mhops.records_dir),
-                                            _path(c.config.incident.db) if c.config.incident.db else None)
+                                            _path(configured) if configured else None)
             due_soon = partial(incident.sla_reminders, store)
         outcome = notify.sla_check(due_soon, settings,
                                    int(within or n.get("sla_within_minutes") or 30))
