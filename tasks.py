@@ -368,6 +368,7 @@ def report(c, what, period=None, lang=None, out=None, records_from=None, plan=No
             list_incidents=_callable(cfg.incident_store or ""),
             kb_export=_callable(cfg.kb_export or ""),
             pdf=pdf or cfg.pdf,
+            redact_sheets=cfg.redact_sheets or "auto",
         ))
     _exit_with(outcome)
 

@@ -40,6 +40,8 @@ WHATS = ("weekly", "monthly", "quarterly")
 EXIT_OK, EXIT_MISSING = 0, 1
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)   # the earliest a zip can say: entries carry no build time
 PDF_DATE = b"D:19800101000000+00'00'"
+# Kinds whose sheets are copied as records.write_run redacted them (see Options).
+TRUSTED_SHEETS = frozenset(("inspection",))
 _STAMP = re.compile(r"^(\d{8}T\d{6}Z)")
 
 # Adapters the integrator wires (see tasks.py and README): an incident store listing the
@@ -63,10 +65,11 @@ class Options:
     pdf: str = "auto"                           # auto (when Chromium is there) | off
     chromium: str | None = None                 # renderer binary; default: found on PATH
     secrets: list[str] = field(default_factory=list)
-    # Sheets on disk were redacted when mhops.records.write_run published them; scrubbing
-    # them again costs ~30x the reading at 90 days x 20 hosts and finds nothing there.
-    # True: scrub them anyway (a records folder holding sheets made by other tools).
-    redact_sheets: bool = False
+    # Sheets on disk were redacted when mhops.records.write_run published them. auto:
+    # scrub every sheet again except the inspection sheets, the bulk of a quarter (~30x
+    # the reading time at 90 days x 20 hosts), which only `invoke inspect` writes through
+    # write_run; all: scrub those too (a records folder holding other tools' sheets).
+    redact_sheets: str = "auto"
     generated_at: datetime | None = None        # tests inject it to compare bytes
     today: date | None = None
     echo: Callable[[str], None] = print
@@ -522,6 +525,8 @@ def run(opts: Options) -> Report:
     records.labels(opts.lang)
     if opts.pdf not in ("auto", "off"):
         raise MhopsError(f"report.pdf must be auto or off, got {opts.pdf!r}")
+    if opts.redact_sheets not in ("auto", "all"):
+        raise MhopsError(f"report.redact_sheets must be auto or all, got {opts.redact_sheets!r}")
     p = period_for(opts.what, opts.period, opts.timezone, opts.today)
     redactor = Redactor(secrets=opts.secrets)
     loaded, bad = load_records(opts.records_dir, p.start, p.end)
@@ -551,6 +556,7 @@ def _run_quarterly(opts: Options, p, loaded, bad, redactor: Redactor, name: str)
     ctx, missing = quarterly(opts, p, loaded, bad, sorted(faq_files))
     chromium = find_chromium(opts.chromium) if opts.pdf == "auto" else None
     ctx["pdf"] = bool(chromium)
+    ctx["print"] = False
     if not chromium and opts.pdf == "auto":
         ctx["notes"].append(L["report"]["no_pdf"])
     ctx["missing"] = _missing_text(missing, L)
@@ -561,12 +567,16 @@ def _run_quarterly(opts: Options, p, loaded, bad, redactor: Redactor, name: str)
     with tempfile.TemporaryDirectory(prefix="mhops-report-") as tmp:
         proc = None
         if chromium:
+            # The printed copy names the sheets without linking them: links would become
+            # file:// URIs of this temp folder, meaningless on paper and different each run.
             html = Path(tmp) / "index.html"
-            html.write_bytes(files["index.html"])
+            html.write_text(records.render("report_quarterly", {**clean, "print": True},
+                                           "html"), encoding="utf-8")
             proc = start_pdf(chromium, html, Path(tmp) / "index.pdf", Path(tmp) / "profile")
         for x in loaded:
             base = f"records/{_safe(str(x.record['kind']))}/{_safe(x.folder.name)}"
-            files.update(_sheet_files(x, base, opts.lang, redactor, opts.redact_sheets))
+            scrub = opts.redact_sheets == "all" or x.record["kind"] not in TRUSTED_SHEETS
+            files.update(_sheet_files(x, base, opts.lang, redactor, scrub))
         if proc is not None:
             try:
                 _, err = proc.communicate(timeout=180)
