@@ -57,7 +57,7 @@ def quarter(tmp_path_factory) -> Path:
                          tweaks=tweaks,
                          resolution=lambda d: f"已清理归档日志 {PLANT}" if d == 12 else None)
     faults = [("INC-1", f"挂号接口超时 {PLANT}", "严重", day(12), day(12, 5), True),
-              ("INC-2", "短信通知延迟", "一般", day(65), day(66), False),
+              ("INC-2", "短信通知延迟 <b>", "一般<i>", day(65), day(66), False),
               ("INC-4", "支付回调失败", "严重", day(80), day(80, 4), True)]
     for iid, title, sev, rep, res, met in faults:
         rd.write_raw(folder, rd.base("fault", res, headline=f"{iid} {title}",
@@ -181,6 +181,8 @@ def test_december_keeps_the_open_episode_and_faults(docs):
     assert ids(ctx["incidents"]["open"]) == ["INC-3"]
     assert [r["id"] for r in ctx["incidents"]["breached"]] == ["INC-2"]
     assert ctx["missing"] == ["重大故障 INC-4 已解决但无系统故障分析报告"]
+    html = (docs["december"].path / "report.html").read_text()
+    assert "短信通知延迟 &lt;b&gt;" in html and "一般&lt;i&gt;" in html and "<i>" not in html
 
 
 def test_missing_month(docs):
