@@ -369,6 +369,7 @@ def report(c, what, period=None, lang=None, out=None, records_from=None, plan=No
             kb_export=_callable(cfg.kb_export or ""),
             pdf=pdf or cfg.pdf,
             redact_sheets=cfg.redact_sheets or "auto",
+            chromium=cfg.chromium or None,
         ))
     _exit_with(outcome)
 

@@ -289,10 +289,17 @@ def _png(html: Path, out: Path) -> None:
     profile = out.with_suffix(".profile")
     proc = subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={out}",
-         html.as_uri()], capture_output=True, text=True, timeout=120,
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}",
+         "--window-size=1200,1600", f"--screenshot={out}", html.as_uri()],
+        capture_output=True, text=True, timeout=120,
         env={"HOME": str(profile), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The page's own errors (console messages) are logged as CONSOLE; the documents have
+    # no scripts, so any such line is an error.
+    assert "CONSOLE" not in proc.stderr, proc.stderr[-2000:]
+    # Every image and link the page names must be there beside it.
+    for ref in re.findall(r'(?:src|href)="([^"#:]+)"', html.read_text()):
+        assert (html.parent / ref).is_file(), ref
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (1200, 1600)
         colours = img.convert("L").getcolors(maxcolors=1 << 16)
