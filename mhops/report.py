@@ -201,7 +201,12 @@ def _period_ctx(p: trends.Period, tz: str) -> dict[str, Any]:
 
 
 def _generated(opts: Options) -> str:
-    t = opts.generated_at or records.utc_now()
+    """The generation time: injected, else $SOURCE_DATE_EPOCH (reproducible builds), else now."""
+    t = opts.generated_at
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if t is None and epoch.isdigit():
+        t = datetime.fromtimestamp(int(epoch), UTC)
+    t = t or records.utc_now()
     return records.local_iso(t.astimezone(UTC).replace(microsecond=0), opts.timezone)
 
 
