@@ -10,9 +10,10 @@ imported before the clock starts:
   bundle: mhops.report.run(quarterly): index, summaries, every sheet, zip, published
           atomically; with the PDF of the index when Chromium is installed (--pdf auto)
 
-and prints the medians, `ratio bundle/read-all-records: <x>` (target <= 3) and the
-bundle process's peak RSS (target <= 300 MB; Chromium, a separate process, is shown
-apart). The records live in a temp folder that is removed afterwards.
+and prints the medians, `ratio bundle/read-all-records: <x>` (target <= 3; with the
+PDF when a renderer is installed, and the ratio without it) and the bundle process's
+peak RSS (target <= 300 MB; Chromium, a separate process, is shown apart). The records
+live in a temp folder that is removed afterwards.
 
     .venv/bin/python bench/report.py --repeat 3
     .venv/bin/python bench/report.py --pdf off
@@ -100,25 +101,40 @@ def main() -> None:
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         print(f"generated {a.days} inspection records x {a.hosts} hosts: "
               f"{size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
-        reads, bundles, rss, chrome = [], [], [], []
+        modes = ["auto", "off"] if a.pdf == "auto" else ["off"]
+        reads: list[float] = []
+        bundles: dict[str, list[float]] = {m: [] for m in modes}
+        rss, chrome, zips = [], [], {}
         for i in range(a.repeat + 1):  # the first round warms the page cache, not counted
             r = run_child(["--child", "read", "--folder", str(folder)])
-            args = ["--child", "bundle", "--folder", str(folder), "--out", str(tmp / "out"),
-                    "--pdf", a.pdf, "--redact-sheets", a.redact_sheets]
-            b = run_child(args)
             if i:
                 reads.append(r["seconds"])
-                bundles.append(b["seconds"])
-                rss.append(b["maxrss_kb"])
-                chrome.append(b["children_maxrss_kb"])
-        zip_mb = b["zip_bytes"] / 1e6
-        read_m, bundle_m = statistics.median(reads), statistics.median(bundles)
+            for mode in modes:
+                b = run_child(["--child", "bundle", "--folder", str(folder), "--out",
+                               str(tmp / "out"), "--pdf", mode, "--redact-sheets",
+                               a.redact_sheets])
+                zips[mode] = b["zip_bytes"]
+                if i:
+                    bundles[mode].append(b["seconds"])
+                    rss.append(b["maxrss_kb"])
+                    chrome.append(b["children_maxrss_kb"])
+        read_m = statistics.median(reads)
         print(f"read all records: median {read_m:.3f} s ({r['bytes'] / 1e6:.1f} MB)")
-        print(f"quarterly bundle: median {bundle_m:.3f} s (zip {zip_mb:.1f} MB, pdf {a.pdf}, "
-              f"redact sheets {a.redact_sheets})")
-        print(f"ratio bundle/read-all-records: {bundle_m / read_m:.2f}")
+        from mhops.report import find_chromium
+
+        renderer = find_chromium() if a.pdf == "auto" else None
+        for mode in modes:
+            label = f"index.pdf by {Path(renderer).name}" if mode == "auto" and renderer \
+                else "no PDF"
+            print(f"quarterly bundle ({label}): median {statistics.median(bundles[mode]):.3f} s "
+                  f"(zip {zips[mode] / 1e6:.1f} MB, redact sheets {a.redact_sheets})")
+        main_mode = modes[0]
+        print(f"ratio bundle/read-all-records: "
+              f"{statistics.median(bundles[main_mode]) / read_m:.2f}")
+        if len(modes) > 1:
+            print(f"ratio without the PDF: {statistics.median(bundles['off']) / read_m:.2f}")
         print(f"peak memory (bundle process RSS): {max(rss) / 1024:.0f} MB"
-              + (f"; chromium child: {max(chrome) / 1024:.0f} MB" if max(chrome) else ""))
+              + (f"; PDF renderer child: {max(chrome) / 1024:.0f} MB" if max(chrome) else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
