@@ -127,6 +127,12 @@ def months_of(p: trends.Period) -> list[str]:
     return out
 
 
+def due_months(p: trends.Period, opts: Options) -> list[str]:
+    """The period's months that had begun at generation time (a future month lacks nothing)."""
+    now = _generated_utc(opts).astimezone(trends.zone(opts.timezone))
+    return [m for m in months_of(p) if m <= f"{now.year}-{now.month:02d}"]
+
+
 # ------------------------------------------------------------------ records
 
 @dataclass
@@ -200,14 +206,17 @@ def _period_ctx(p: trends.Period, tz: str) -> dict[str, Any]:
             "start_utc": facts.iso(p.start), "end_utc": facts.iso(p.end)}
 
 
-def _generated(opts: Options) -> str:
+def _generated_utc(opts: Options) -> datetime:
     """The generation time: injected, else $SOURCE_DATE_EPOCH (reproducible builds), else now."""
     t = opts.generated_at
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     if t is None and epoch.isdigit():
         t = datetime.fromtimestamp(int(epoch), UTC)
-    t = t or records.utc_now()
-    return records.local_iso(t.astimezone(UTC).replace(microsecond=0), opts.timezone)
+    return (t or records.utc_now()).astimezone(UTC).replace(microsecond=0)
+
+
+def _generated(opts: Options) -> str:
+    return records.local_iso(_generated_utc(opts), opts.timezone)
 
 
 def _headline(rec: dict[str, Any], L: dict[str, Any]) -> str:
@@ -215,7 +224,7 @@ def _headline(rec: dict[str, Any], L: dict[str, Any]) -> str:
     if h:
         return str(h)
     kind = str(rec.get("kind"))
-    st = L["statuses"].get(str(rec.get("status")), str(rec.get("status") or "-"))
+    st = L["statuses"].get(facts.status_of(rec), "-")
     return f"{L['report']['kinds'].get(kind, kind)} · {st}"
 
 
@@ -254,7 +263,7 @@ def common(opts: Options, p: trends.Period, loaded: list[Loaded], bad: list[str]
 
 def _sheet_row(rec: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": rec.get("run_id"), "kind": rec.get("kind"),
-            "time": facts.iso(facts.started(rec)), "status": rec.get("status") or "unknown",
+            "time": facts.iso(facts.started(rec)), "status": facts.status_of(rec),
             "headline": rec.get("headline")}
 
 
@@ -345,7 +354,7 @@ def monthly(opts: Options, p: trends.Period, loaded, bad, folder: Path
         logs=logs, episodes=facts.episodes(insp),
         trend_gaps=gaps)
     month_rows = _incidents_in(facts.incidents(kinds.get("fault", [])), p)
-    missing = facts.missing_evidence(kinds, months_of(p), _local_month(opts.timezone),
+    missing = facts.missing_evidence(kinds, due_months(p, opts), _local_month(opts.timezone),
                                      quarter=False,
                                      incident_rows=[r for r in month_rows if r["resolved"]],
                                      faq_files=None)
@@ -391,7 +400,7 @@ def quarterly(opts: Options, p: trends.Period, loaded, bad, faq: list[str]
                drills=[facts.change_row(r) for r in kinds.get("drill", [])],
                perf=[_sheet_row(r) for r in kinds.get("perf", [])])
     q_rows = _incidents_in(facts.incidents(kinds.get("fault", [])), p)
-    missing = facts.missing_evidence(kinds, months_of(p), month_of, quarter=True,
+    missing = facts.missing_evidence(kinds, due_months(p, opts), month_of, quarter=True,
                                      incident_rows=[r for r in q_rows if r["resolved"]],
                                      faq_files=faq)
     return ctx, missing
@@ -433,7 +442,7 @@ def _sheet_files(x: Loaded, base: str, lang: str, redactor: Redactor,
                 data = redactor.text(data.decode("utf-8")).encode("utf-8")
         except (FileNotFoundError, UnicodeDecodeError):
             clean = redactor.obj(x.record)
-            rec = {**clean, "status": clean.get("status") or "unknown",
+            rec = {**clean, "status": facts.status_of(clean),
                    "run_id": clean.get("run_id") or x.folder.name,
                    "headline": clean.get("headline") or ""}
             data = records.render("report_sheet", {"lang": lang, "rec": rec,

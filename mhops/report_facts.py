@@ -93,7 +93,7 @@ def inspection_row(rec: dict[str, Any]) -> dict[str, Any]:
     events = _list(rec.get("events"))
     down = sum(1 for h in hosts if not _dict(h).get("reachable", True))
     return {"run_id": rec.get("run_id"), "kind": rec.get("kind"),
-            "time": iso(started(rec)), "status": rec.get("status") or "unknown",
+            "time": iso(started(rec)), "status": status_of(rec),
             "exit_code": rec.get("exit_code"), "operator": rec.get("operator"),
             "headline": rec.get("headline"),
             "hosts": summary.get("hosts_total", len(hosts)),
@@ -286,7 +286,7 @@ def change_row(rec: dict[str, Any]) -> dict[str, Any]:
         detail = str(rec.get("runbook") or rec.get("name") or "")
     outcome = rec.get("outcome") or rec.get("status") or "unknown"
     return {"kind": kind, "run_id": rec.get("run_id"), "time": iso(started(rec)),
-            "status": rec.get("status") or _status_of(outcome), "outcome": str(outcome),
+            "status": status_of(rec), "outcome": str(outcome),
             "hosts": hosts, "detail": detail, "headline": rec.get("headline"),
             "operator": rec.get("operator")}
 
@@ -298,6 +298,18 @@ def _status_of(outcome: Any) -> str:
     if o in ("failed", "failure", "error", "critical", "interrupted", "rolled_back"):
         return "critical"
     return "warning" if o in ("warning", "partial", "degraded") else "unknown"
+
+
+def status_of(rec: dict[str, Any]) -> str:
+    """A record's status; records without one (drills) by their outcome, then exit code."""
+    s = rec.get("status")
+    if s in _RANK:
+        return str(s)
+    if rec.get("outcome") is not None:
+        got = _status_of(rec["outcome"])
+        if got != "unknown":
+            return got
+    return {0: "normal", 1: "warning", 2: "critical"}.get(rec.get("exit_code"), "unknown")
 
 
 def is_applied(rec: dict[str, Any]) -> bool:

@@ -64,6 +64,11 @@ def test_change_rows_from_partial_records():
     assert (row["status"], row["hosts"], row["detail"]) == ("critical", ["h1", "junk"],
                                                            "curl, openssl")
     assert not f.is_applied({"kind": "db_maintain", "mode": "plan"})
+    # Drill records carry an outcome and an exit code but no status.
+    assert f.status_of({"kind": "drill", "outcome": "passed", "exit_code": 0}) == "normal"
+    assert f.status_of({"kind": "drill", "outcome": "warning", "exit_code": 1}) == "warning"
+    assert f.status_of({"kind": "x", "exit_code": 2}) == "critical"
+    assert f.status_of({"kind": "x"}) == "unknown"
 
 
 def test_missing_evidence_words_each_gap():
@@ -101,6 +106,16 @@ def test_week_periods_and_defaults():
         "2026-10", "2026-11", "2026-12"]
     with pytest.raises(MhopsError, match="a monthly report needs a month"):
         report.period_for("monthly", "2026Q4", "UTC")
+
+
+def test_months_not_begun_at_generation_time_are_not_missing(tmp_path):
+    p = report.period_for("quarterly", "2026Q4", "Asia/Shanghai")
+    def due(when):
+        return report.due_months(p, report.Options(
+            what="quarterly", records_dir=tmp_path, out_dir=tmp_path, generated_at=when))
+    assert due(datetime(2026, 11, 28, tzinfo=UTC)) == ["2026-10", "2026-11"]
+    # 2026-11-30T16:30Z is already December 1st in Shanghai.
+    assert due(datetime(2026, 11, 30, 16, 30, tzinfo=UTC)) == ["2026-10", "2026-11", "2026-12"]
 
 
 def test_zip_is_byte_stable_and_pdf_dates_are_pinned():
