@@ -135,6 +135,10 @@ def test_weekly_lists_exactly_the_week(docs):
     md = (docs["weekly"].path / "report.md").read_text()
     assert "# 运维周报 2026-W42" in md and "INC-1" in md and "his-api 2.3.1 → 2.4.0" in md
     assert "复核 12 月巡检" in md
+    assert ("| web2 | 磁盘空间使用率 | /data | 严重 | 2026-10-13T00:30:00Z | 1 | "
+            "已清理归档日志") in md
+    for other in ("INC-2", "INC-3", "INC-4", "2.5.0", "openssl", "db1 ·"):
+        assert other not in md, other
 
 
 def test_weekly_in_english(docs):
@@ -164,6 +168,10 @@ def test_monthly_lists_the_months_anomalies_forecasts_logs_and_faults(docs):
     assert logs["timeout"]["total"] == 0
     assert ids(ctx["incidents"]["opened"]) == ["INC-1"]
     assert r.exit_code == 0 and ctx["missing"] == []
+    md = (r.path / "report.md").read_text()
+    assert "| web1 | `/var/log` |" in md and "| 警告 |" in md
+    assert "| `error` | 12 | web1 (12) |" in md
+    assert "INC-1" in md and "INC-2" not in md and "INC-4" not in md
     charts = sorted(p.name for p in (r.path / "charts").iterdir())
     assert charts == ["host-001.svg", "host-002.svg", "host-003.svg", "logs.svg",
                       "overall.svg"]
