@@ -228,6 +228,21 @@ def _headline(rec: dict[str, Any], L: dict[str, Any]) -> str:
     return f"{L['report']['kinds'].get(kind, kind)} · {st}"
 
 
+# Fields holding a run's or an incident's time: shown in the hospital's time zone.
+_TIME_KEYS = frozenset(("time", "first", "last", "resolved", "reported", "acknowledged"))
+
+
+def localize(o: Any, tz: str, key: str = "") -> Any:
+    """A copy with the UTC times of _TIME_KEYS as local 'YYYY-MM-DD HH:MM' for the reader."""
+    if isinstance(o, dict):
+        return {k: localize(v, tz, k) for k, v in o.items()}
+    if isinstance(o, list):
+        return [localize(v, tz, key) for v in o]
+    if key in _TIME_KEYS and isinstance(o, str) and (t := facts.parse_time(o)):
+        return t.astimezone(trends.zone(tz)).strftime("%Y-%m-%d %H:%M")
+    return o
+
+
 def _missing_text(items: list[dict[str, Any]], L: dict[str, Any]) -> list[str]:
     words = L["report"]["missing_codes"]
     return [words[i["code"]].format(**i["params"]) for i in items]
@@ -566,7 +581,7 @@ def run(opts: Options) -> Report:
     else:
         ctx, missing, svgs = monthly(opts, p, loaded, bad, Path(opts.records_dir))
     ctx["missing"] = _missing_text(missing, L)
-    clean = redactor.obj(ctx)
+    clean = redactor.obj(localize(ctx, opts.timezone))
     docs = render_both(f"report_{opts.what}", clean)
     files = {"report.md": docs["md"].encode(), "report.html": docs["html"].encode()}
     files.update({f"charts/{n}": redactor.text(s).encode() for n, s in svgs.items()})
@@ -588,7 +603,7 @@ def _run_quarterly(opts: Options, p, loaded, bad, redactor: Redactor, name: str)
     if chromium and opts.lang == "zh-CN" and not has_cjk_font():
         ctx["notes"].append(L["report"]["no_cjk_font"])
     ctx["missing"] = _missing_text(missing, L)
-    clean = redactor.obj(ctx)
+    clean = redactor.obj(localize(ctx, opts.timezone))
     docs = render_both("report_quarterly", clean)
     files: dict[str, bytes] = {"index.md": docs["md"].encode(),
                                "index.html": docs["html"].encode(), **faq_files}

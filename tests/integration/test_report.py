@@ -135,7 +135,7 @@ def test_weekly_lists_exactly_the_week(docs):
     md = (docs["weekly"].path / "report.md").read_text()
     assert "# 运维周报 2026-W42" in md and "INC-1" in md and "his-api 2.3.1 → 2.4.0" in md
     assert "复核 12 月巡检" in md
-    assert ("| web2 | 磁盘空间使用率 | /data | 严重 | 2026-10-13T00:30:00Z | 1 | "
+    assert ("| web2 | 磁盘空间使用率 | /data | 严重 | 2026-10-13 08:30 | 1 | "
             "已清理归档日志") in md
     for other in ("INC-2", "INC-3", "INC-4", "2.5.0", "openssl", "db1 ·"):
         assert other not in md, other
