@@ -341,6 +341,16 @@ def _callable(spec: str):
                          path="invoke.yaml") from None
 
 
+def _incident_store(cfg):
+    """report.incident_store, given report.incident_db first when that is set."""
+    import functools
+
+    fn = _callable(cfg.incident_store or "")
+    if fn is not None and cfg.incident_db:
+        return functools.partial(fn, _path(cfg.incident_db))
+    return fn
+
+
 @task(positional=["what"], iterable=["plan"], help={
     "what": "weekly, monthly or quarterly",
     "period": "2026-W48 (weekly), 2026-11 (monthly) or 2026Q4 (quarterly); default: current",
@@ -365,7 +375,7 @@ def report(c, what, period=None, lang=None, out=None, records_from=None, plan=No
             timezone=m.timezone,
             planned=list(plan or cfg.planned or []),
             perf_thresholds=dict(c.config.perf.thresholds or {}),
-            list_incidents=_callable(cfg.incident_store or ""),
+            list_incidents=_incident_store(cfg),
             kb_export=_callable(cfg.kb_export or ""),
             pdf=pdf or cfg.pdf,
             redact_sheets=cfg.redact_sheets or "auto",

@@ -28,7 +28,7 @@ KIND_ORDER = ("inspection", "security_audit", "fault", "fault_analysis", "fault_
 CHANGE_KINDS = ("upgrade", "patch", "rollback", "db_maintain", "drill", "runbook")
 # Severity / priority words that make an incident major: it then needs an analysis report.
 MAJOR_WORDS = frozenset(("1", "p1", "p0", "0", "s1", "sev1", "critical", "major", "high",
-                         "urgent", "严重", "重大", "紧急", "一级", "特大"))
+                         "urgent", "patient-safety", "严重", "重大", "紧急", "一级", "特大"))
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -202,14 +202,21 @@ def incident_row(inc: dict[str, Any], source: str | None) -> dict[str, Any]:
     inc = _dict(inc)
     sla = _dict(inc.get("sla"))
     rep, res = parse_time(inc.get("reported_utc")), parse_time(inc.get("resolved_utc"))
-    return {"id": str(inc.get("id") or ""), "title": str(inc.get("title") or ""),
+    # The incident store writes sla.state (met/breached/running) and breached_by_min;
+    # sla.met and breached_by_s are read too.
+    met = sla.get("met") if isinstance(sla.get("met"), bool) else \
+        {"met": True, "breached": False}.get(str(sla.get("state")))
+    late = sla.get("breached_by_s")
+    if late is None and isinstance(sla.get("breached_by_min"), (int, float)):
+        late = round(60 * sla["breached_by_min"])
+    return {"id": str(inc.get("id") if inc.get("id") is not None else ""),
+            "title": str(inc.get("title") or ""),
             "scope": inc.get("scope"), "type": inc.get("type"),
             "severity": inc.get("severity"), "priority": inc.get("priority"),
             "reported": iso(rep), "acknowledged": iso(parse_time(inc.get("acknowledged_utc"))),
             "resolved": iso(res),
             "duration_s": round((res - rep).total_seconds()) if rep and res else None,
-            "sla_met": sla.get("met") if isinstance(sla.get("met"), bool) else None,
-            "breached_by_s": sla.get("breached_by_s"), "source": source,
+            "sla_met": met, "breached_by_s": late, "source": source,
             "major": is_major(inc)}
 
 

@@ -57,6 +57,15 @@ def test_incidents_newest_record_wins_and_the_store_adds_open_ones():
             s["mttr_s"]) == (2, 1, 0.0, ["I2"], 86400)
 
 
+def test_incident_store_sla_fields():
+    row = f.incident_row({"id": 7, "priority": "P2", "severity": "patient-safety",
+                          "sla": {"state": "breached", "breached_by_min": 12}}, None)
+    assert (row["id"], row["sla_met"], row["breached_by_s"], row["major"]) == ("7", False, 720,
+                                                                              True)
+    assert f.incident_row({"sla": {"state": "running"}}, None)["sla_met"] is None
+    assert f.analysis_ids([{"incident": {"id": 7}}]) == {"7"}
+
+
 def test_change_rows_from_partial_records():
     assert f.change_row({"kind": "upgrade"})["detail"] == ""
     row = f.change_row({"kind": "patch", "outcome": "failed", "hosts": [
