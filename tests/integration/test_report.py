@@ -328,6 +328,35 @@ def test_documents_render_in_headless_chromium(docs, tmp_path):
     shutil.rmtree(tmp_path / "bundle")
 
 
+def test_a_failed_run_leaves_the_previous_documents_and_no_partial_ones(quarter, tmp_path,
+                                                                        monkeypatch):
+    import os
+
+    first = make("weekly", "2026-W42", quarter, tmp_path)
+    before = (first.path / "report.md").read_bytes()
+    zipped = make("quarterly", "2026Q4", quarter, tmp_path, pdf="off").path.read_bytes()
+    calls = {"n": 0, "ok": 0}
+    real = os.fsync
+
+    def fsync(fd):  # the disk fills up after `ok` files
+        calls["n"] += 1
+        if calls["n"] > calls["ok"]:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for what, period, ok in (("weekly", "2026-W42", 1), ("quarterly", "2026Q4", 0)):
+        calls.update(n=0, ok=ok)
+        with pytest.raises(OSError, match="No space"):
+            make(what, period, quarter, tmp_path, pdf="off", planned=["changed"],
+                 kb_export=None)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "quarterly-2026Q4.zh-CN.zip", "weekly-2026-W42.zh-CN"]
+    assert (first.path / "report.md").read_bytes() == before
+    assert (tmp_path / "quarterly-2026Q4.zh-CN.zip").read_bytes() == zipped
+
+
 def test_bad_period_is_refused(quarter, tmp_path):
     from mhops.errors import MhopsError
 
