@@ -270,6 +270,7 @@ def common(opts: Options, p: trends.Period, loaded: list[Loaded], bad: list[str]
     ctx = {"lang": opts.lang, "what": opts.what, "period": _period_ctx(p, opts.timezone),
            "generated_at": _generated(opts),
            "inspections": {"rows": insp, "outcome": facts.inspection_outcome(insp)},
+           "audits": [facts.inspection_row(r) for r in kinds.get("security_audit", [])],
            "incidents": summary, "changes": changes, "notes": notes,
            "analyses": [_sheet_row(r) for r in kinds.get("fault_analysis", [])],
            "fault_summaries": [_sheet_row(r) for r in kinds.get("fault_summary", [])]}

@@ -76,6 +76,9 @@ def quarter(tmp_path_factory) -> Path:
                                      {"name": "openssl", "version": "3.0.15"}]}]))
     rd.write_raw(folder, rd.base("drill", day(75), headline="恢复演练通过", outcome="passed",
                                  backup={"engine": "postgresql", "name": "his_pg"}))
+    rd.write_raw(folder, rd.base("security_audit", day(14), status="warning",
+                                 headline="安全审计：弱口令 1 项", hosts=[{"host": "web1"}],
+                                 events=[]))
     return folder
 
 
@@ -132,6 +135,7 @@ def test_weekly_lists_exactly_the_week(docs):
                               "2026-10-16")]
     assert ctx["open_items"] == {"incidents": [], "events": [], "changes": []}
     assert ctx["planned"][0] == "复核 12 月巡检"
+    assert [(a["kind"], a["status"]) for a in ctx["audits"]] == [("security_audit", "warning")]
     md = (docs["weekly"].path / "report.md").read_text()
     assert "# 运维周报 2026-W42" in md and "INC-1" in md and "his-api 2.3.1 → 2.4.0" in md
     assert "复核 12 月巡检" in md
@@ -204,10 +208,11 @@ def test_quarterly_bundle_contents_and_missing_evidence(docs, quarter, tmp_path)
     r = docs["quarterly"]
     ctx = r.context
     kinds = {s["kind"]: len(s["items"]) for s in ctx["sections"]}
-    assert kinds == {"inspection": 21, "fault": 3, "fault_analysis": 1, "upgrade": 1,
-                     "rollback": 1, "patch": 1, "drill": 1}
-    assert [s["kind"] for s in ctx["sections"]] == ["inspection", "fault", "fault_analysis",
-                                                    "upgrade", "rollback", "patch", "drill"]
+    assert kinds == {"inspection": 21, "security_audit": 1, "fault": 3, "fault_analysis": 1,
+                     "upgrade": 1, "rollback": 1, "patch": 1, "drill": 1}
+    assert [s["kind"] for s in ctx["sections"]] == [
+        "inspection", "security_audit", "fault", "fault_analysis", "upgrade", "rollback",
+        "patch", "drill"]
     assert ctx["missing"] == ["2026-11 无巡检记录（合同要求每月至少一次巡检）",
                               "本季度无性能分析报告（invoke perf）",
                               "重大故障 INC-4 已解决但无系统故障分析报告"]
@@ -223,7 +228,7 @@ def test_quarterly_bundle_contents_and_missing_evidence(docs, quarter, tmp_path)
         assert z.read("index.pdf").startswith(b"%PDF")
     links = re.findall(r'href="([^"#][^"]*)"', index_html)
     md_links = re.findall(r"\]\(([^)#][^)]*)\)", index_md)
-    assert len(links) == 2 * 29 + 2 and sorted(links) == sorted(md_links)
+    assert len(links) == 2 * 30 + 2 and sorted(links) == sorted(md_links)
     assert set(links) <= names
     assert names - set(links) == {"index.html", "index.md", "index.pdf"}
     # Without a knowledge-base export the FAQ is missing evidence.
