@@ -120,7 +120,7 @@ def main() -> None:
                     chrome.append(b["children_maxrss_kb"])
         read_m = statistics.median(reads)
         print(f"read all records: median {read_m:.3f} s ({r['bytes'] / 1e6:.1f} MB)")
-        from mhops.report import find_chromium
+        from mhops.report_output import find_chromium
 
         renderer = find_chromium() if a.pdf == "auto" else None
         for mode in modes:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mhops import report
+from mhops import report, report_output
 from mhops import report_facts as f
 from mhops.errors import MhopsError
 
@@ -128,11 +128,11 @@ def test_months_not_begun_at_generation_time_are_not_missing(tmp_path):
 
 
 def test_zip_is_byte_stable_and_pdf_dates_are_pinned():
-    a = report.zip_bytes({"b.txt": b"2", "a/x.html": b"1"})
-    assert a == report.zip_bytes({"a/x.html": b"1", "b.txt": b"2"})
+    a = report_output.zip_bytes({"b.txt": b"2", "a/x.html": b"1"})
+    assert a == report_output.zip_bytes({"a/x.html": b"1", "b.txt": b"2"})
     with zipfile.ZipFile(io.BytesIO(a)) as z:
         assert z.namelist() == ["a/x.html", "b.txt"]
         assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     pdf = b"<</CreationDate (D:20261128151832+00'00')\n/ModDate (D:20261128151833+00'00')>>"
-    pinned = report.pin_pdf_dates(pdf)
+    pinned = report_output.pin_pdf_dates(pdf)
     assert len(pinned) == len(pdf) and b"2026" not in pinned
