@@ -391,6 +391,71 @@ def perf(c, period=None, inventory=None, limit=None, database=None, records_from
     _exit_with(outcome)
 
 
+def _callable(spec: str):
+    """A "module:function" from invoke.yaml (the incident store, the knowledge-base export)."""
+    import importlib
+
+    from mhops.errors import MhopsError
+
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MhopsError(f"cannot load {spec!r} ({exc}); expected module:function",
+                         path="invoke.yaml") from None
+
+
+def _incident_store(c, cfg):
+    """report.incident_store (given report.incident_db first when set); by default the
+    incident database the incident.* tasks keep, when there is one."""
+    import functools
+
+    fn = _callable(cfg.incident_store or "")
+    if fn is not None:
+        return functools.partial(fn, _path(cfg.incident_db)) if cfg.incident_db else fn
+    from mhops import incident, incident_store
+
+    configured = c.config.incident.db
+    store = incident_store.path_for(_path(c.config.mhops.records_dir),
+                                    _path(configured) if configured else None)
+    return functools.partial(incident.list_incidents, store) if store.exists() else None
+
+
+@task(positional=["what"], iterable=["plan"], help={
+    "what": "weekly, monthly or quarterly",
+    "period": "2026-W48 (weekly), 2026-11 (monthly) or 2026Q4 (quarterly); default: current",
+    "lang": "document language: zh-CN (default) or en",
+    "out": "folder the documents are written to; default report.out_dir",
+    "records_from": "folder of run records to read; default mhops.records_dir",
+    "plan": "weekly: next week's planned work item (repeatable); default report.planned",
+    "pdf": "quarterly: auto (index.pdf through headless Chromium when installed) or off",
+})
+def report(c, what, period=None, lang=None, out=None, records_from=None, plan=None, pdf=None):
+    """Weekly report, monthly inspection report with charts, or the quarterly bundle zip."""
+    from mhops import report as reports
+
+    cfg, m = c.config.report, c.config.mhops
+    with _exits():
+        outcome = reports.run(reports.Options(
+            what=what,
+            records_dir=_path(records_from or cfg.records_from or m.records_dir),
+            out_dir=_path(out or cfg.out_dir),
+            period=period or cfg.period or None,
+            lang=lang or m.lang,
+            timezone=m.timezone,
+            planned=list(plan or cfg.planned or []),
+            perf_thresholds=dict(c.config.perf.thresholds or {}),
+            list_incidents=_incident_store(c, cfg),
+            kb_export=_callable(cfg.kb_export or ""),
+            pdf=pdf or cfg.pdf,
+            redact_sheets=cfg.redact_sheets or "auto",
+            chromium=cfg.chromium or None,
+        ))
+    _exit_with(outcome)
+
+
 def _schedule_plan(c, kind, when, user, log, inventory):
     from mhops import schedule
 
@@ -480,6 +545,14 @@ def test(c, pytest_args="", lint=True):
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
                         "openssh-server"], check=True, env=env)
+    # The report tests render documents in headless Chromium (PNG, and the bundle's PDF).
+    if not shutil.which("chromium"):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise Exit("the report tests need chromium: install Debian's chromium package", 3)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        "chromium"], check=True, env=env)
     bindir = Path(sys.executable).parent
     with c.cd(str(ROOT)):
         if lint:
@@ -693,4 +766,5 @@ for _name, _task in (("open", incident_open), ("ack", incident_ack), ("note", in
 notify_ns = Collection("notify")
 notify_ns.add_task(notify_test, "test")
 notify_ns.add_task(notify_sla, "sla")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns)
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns,
+                report)
