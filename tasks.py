@@ -422,6 +422,57 @@ def test(c, pytest_args="", lint=True):
         c.run(f"{bindir}/python -m pytest {pytest_args}", pty=False)
 
 
+@task(
+    iterable=["inventory"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default patch.inventory",
+        "limit": "Ansible host pattern to select hosts; matching nothing is an error",
+        "check": "only list the pending updates (no list refresh, no change)",
+        "security_only": "only security-flagged updates",
+        "serial": "hosts patched (and verified) per batch; 0 = all at once",
+        "reboot": "reboot hosts whose updates ask for it (/var/run/reboot-required)",
+        "repair": "run dpkg --configure -a when an earlier transaction was interrupted",
+        "yes": "apply the plan without asking",
+        "lock_timeout": "seconds to wait for the package manager's lock",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def patch(c, inventory=None, limit=None, check=False, security_only=False, serial=None,
+          reboot=False, repair=False, yes=False, lock_timeout=None, lang=None, operator=None):
+    """List pending updates, apply them in rolling batches, verify, write the patch record."""
+    from mhops import patch as patching
+
+    cfg, m = c.config.patch, c.config.mhops
+    timeout = lock_timeout if lock_timeout is not None else cfg.lock_timeout
+    opts = patching.Options(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+        limit=limit,
+        check=check,
+        security_only=security_only or bool(cfg.security_only),
+        serial=int(serial if serial is not None else cfg.serial),
+        reboot=reboot,
+        repair=repair,
+        yes=yes,
+        lock_timeout=float(timeout) if timeout not in (None, "") else None,
+        lang=lang or m.lang,
+        operator=operator or m.operator,
+        timezone=m.timezone,
+        forks=int(cfg.forks),
+        records_dir=_path(m.records_dir),
+        state_dir=_path(m.state_dir),
+        vault_password_file=m.vault_password_file or None,
+        confirm=_ask if sys.stdin.isatty() else None,
+    )
+    with _exits():
+        outcome = patching.run(opts)
+    _exit_with(outcome)
+
+
+def _ask(question: str) -> bool:
+    return input(question).strip().lower() in ("y", "yes", "是")
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -433,4 +484,4 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf)
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, patch)
