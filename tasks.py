@@ -473,6 +473,43 @@ def _ask(question: str) -> bool:
     return input(question).strip().lower() in ("y", "yes", "是")
 
 
+@task(
+    iterable=["inventory", "notify"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default security.inventory",
+        "limit": "Ansible host pattern to select hosts; matching nothing is an error",
+        "transport": "fabric (one SSH round trip per host) or ansible (ansible-runner)",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+        "notify": "who was told about abnormal results (repeatable)",
+    },
+)
+def security_audit(c, inventory=None, limit=None, transport=None, lang=None, operator=None,
+                   notify=None):
+    """Audit logins, ports, sshd, pending security updates, firewall, AV, files and TLS."""
+    from mhops import security_audit as audit
+
+    cfg, m = c.config.security, c.config.mhops
+    opts = audit.Options(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory
+                                                         or c.config.inspect.inventory])],
+        limit=limit,
+        transport=transport or cfg.transport,
+        lang=lang or m.lang,
+        operator=operator or m.operator,
+        notified=list(notify or cfg.notified or []),
+        records_dir=_path(m.records_dir),
+        state_dir=_path(m.state_dir),
+        timezone=m.timezone,
+        forks=int(cfg.forks),
+        connect_timeout=int(cfg.connect_timeout),
+        vault_password_file=m.vault_password_file or None,
+    )
+    with _exits():
+        outcome = audit.run(opts)
+    _exit_with(outcome)
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -484,4 +521,6 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, patch)
+security = Collection("security")
+security.add_task(security_audit, "audit")
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, patch, security)

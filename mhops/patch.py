@@ -360,3 +360,23 @@ def build_record(selection: Selection, patches: dict[str, HostPatch], opts: Opti
         "headline": headline,
         "ops_revision": records.ops_revision(),
     }
+
+
+def cases(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One test case per host (the patch) and per verification check, for exporters.
+
+    Each is ``{suite, host, name, status, value, message}`` with ``status`` one of
+    normal/warning/critical/unknown; a warning or critical case is a failure.
+    """
+    out = []
+    for h in record.get("hosts") or []:
+        out.append({"suite": "patch", "host": h["host"], "name": "patch",
+                    "status": h["status"], "value": h.get("upgraded"),
+                    "message": " ".join(filter(None, (h.get("outcome"), h.get("error"),
+                                                      h.get("resolution"))))})
+        for v in h.get("verification") or []:
+            out.append({"suite": "patch", "host": h["host"],
+                        "name": f"verify {v['check']} {v['target']}",
+                        "status": th.NORMAL if v["ok"] else th.CRITICAL, "value": v.get("value"),
+                        "message": ""})
+    return out
