@@ -37,6 +37,7 @@ _TEXT = {
         "failed": "补丁失败：{failed} 台主机失败或验证未通过，已停止后续批次；"
                   "{upgraded} 个软件包已更新",
         "reboot_pending": "主机需要重启才能使更新生效，本次未允许重启（使用 --reboot）",
+        "not_attempted": "前一批次失败，本主机未更新：处理失败原因后重新执行 invoke patch",
         "fix_failed": "查看错误信息：软件包锁被占用时等待其他 apt/dpkg 任务结束；"
                       "中断的事务用 dpkg --configure -a 或 --repair 修复；验证失败时检查相关服务。",
     },
@@ -50,6 +51,8 @@ _TEXT = {
                   "were not started; {upgraded} packages were upgraded",
         "reboot_pending": "the host needs a reboot for the updates to take effect; rebooting "
                           "was not allowed (use --reboot)",
+        "not_attempted": "an earlier batch failed, so this host was not patched: fix that "
+                         "failure, then run invoke patch again",
         "fix_failed": "Read the error: wait for another apt/dpkg run holding the lock; repair an "
                       "interrupted transaction with dpkg --configure -a or --repair; check the "
                       "services when verification failed.",
@@ -282,6 +285,8 @@ def _host_entry(p: HostPatch, opts: Options) -> dict[str, Any]:
     status = th.NORMAL
     if p.outcome in ("failed", "unverified"):
         status = th.CRITICAL
+    elif p.outcome == "not_attempted":
+        status = th.WARNING  # its updates are still pending after this run
     elif required and not p.rebooted and not opts.check:
         status = th.WARNING
     s = pkgupdates.summarize(p.updates)
@@ -291,7 +296,8 @@ def _host_entry(p: HostPatch, opts: Options) -> dict[str, Any]:
         "outcome": p.outcome, "status": status, "batch": p.batch,
         "error": p.error or None,
         "resolution": t["fix_failed"] if status == th.CRITICAL else (
-            t["reboot_pending"] if status == th.WARNING else ""),
+            t["not_attempted"] if p.outcome == "not_attempted" else (
+                t["reboot_pending"] if status == th.WARNING else "")),
         "pending": s,
         "interrupted_transaction": pkgupdates.audit_problems((p.survey or {}).get("audit", "")),
         "packages": packages,

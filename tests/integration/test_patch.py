@@ -156,6 +156,31 @@ def test_apply_upgrades_dummy_package_on_loopback_host(tmp_path, repo):
     no_leak([out.record_dir], FAKE_ID)
 
 
+def test_failed_verification_stops_later_batches(tmp_path, repo):
+    subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
+    with SshLab(tmp_path / "lab", 2, first_octet=64, prefix="mhs") as lab:
+        first, second = lab.hosts
+        gone = lab.unreachable_host("mhs_gone")
+        closed = lab.unreachable_host("mhs_closed").port  # free a moment ago: not listening
+        inv = lab.write_inventory(tmp_path / "hosts.yml", extra_hosts=[gone], hostvars={
+            first.name: {**repo["vars"], "mhops_inspect_ports": [closed]},
+            second.name: {**repo["vars"], "mhops_inspect_ports": [second.port]},
+            gone.name: repo["vars"]}, group="mhs_app")
+        out = _run(tmp_path, inv, yes=True, serial=1, lang="en")
+    hosts = {h["host"]: h for h in out.record["hosts"]}
+    assert hosts[first.name]["outcome"] == "unverified"
+    assert hosts[first.name]["verification"] == [
+        {"check": "port", "target": str(closed), "ok": False}]
+    assert hosts[first.name]["packages"][0]["after"] == "2.0"
+    assert hosts[second.name]["outcome"] == "not_attempted"
+    assert hosts[second.name]["status"] == "warning"
+    assert hosts[gone.name]["outcome"] == "failed" and hosts[gone.name]["error"]
+    assert out.record["batches"] == [[first.name]]
+    assert out.exit_code == 2 and out.record["outcome"] == "failed"
+    assert any(c["status"] == "critical" and c["name"].startswith("verify port")
+               for c in patch.cases(out.record))
+
+
 def test_held_dpkg_lock_is_named_and_nothing_changes(tmp_path, repo):
     subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
     inv = _inventory(tmp_path / "hosts.yml", {"localhost": {**LOCAL, **repo["vars"]}})
