@@ -1,9 +1,8 @@
 """`invoke patch` for real: a check on localhost, and an apply of a dummy package.
 
 The dummy package ``mhs-dummy`` (v1, v2) is built with dpkg-deb and served from a
-``file:`` apt repository under a temp folder; apt is pointed at that repository only
-(own sources list, own lists folder, no shared caches), so the apply upgrades exactly
-that package and nothing else on this machine, and the tests purge it afterwards.
+``file:`` apt repository under a temp folder (``tests/debrepo.py``): the apply upgrades
+exactly that package and nothing else on this machine, and the tests purge it afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ import yaml
 
 from mhops import patch
 from mhops.lab import SshLab
+from tests import debrepo
 from tests.conftest import FAKE_ID, no_leak
 
-PKG = "mhs-dummy"
+PKG = debrepo.PKG
 FRONTEND = "/var/lib/dpkg/lock-frontend"
 LOCAL = {"ansible_connection": "local",
          "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
@@ -32,62 +32,13 @@ def _dpkg_l() -> str:
     return subprocess.run(["dpkg", "-l"], capture_output=True, text=True, check=True).stdout
 
 
-def _installed() -> str | None:
-    r = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${db:Status-Abbrev}", PKG],
-                       capture_output=True, text=True)
-    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
-
-
-def _purge() -> None:
-    subprocess.run(["dpkg", "--purge", PKG], capture_output=True, timeout=120)
-
-
-def _deb(root: Path, version: str, reboot_flag: Path | None) -> Path:
-    d = root / f"build-{version}"
-    (d / "DEBIAN").mkdir(parents=True)
-    (d / "usr/share" / PKG).mkdir(parents=True)
-    (d / "DEBIAN/control").write_text(
-        f"Package: {PKG}\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: mhops tests <root@localhost>\nDescription: mhops patch test dummy\n")
-    (d / "usr/share" / PKG / "VERSION").write_text(version + "\n")
-    if reboot_flag:  # what kernel and libc packages do on Debian
-        post = d / "DEBIAN/postinst"
-        post.write_text(f"#!/bin/sh\nset -e\ntouch {reboot_flag}\n"
-                        f"echo {PKG} >> {reboot_flag}.pkgs\n")
-        post.chmod(0o755)
-    out = root / f"{PKG}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(d), str(out)], check=True,
-                   capture_output=True)
-    return out
-
-
 @pytest.fixture
 def repo(tmp_path):
     """v2 in a local security-labelled repository, v1 ready to install; purged after."""
-    root = tmp_path / "apt"
-    for sub in ("repo", "lists/partial", "parts", "archives/partial"):
-        (root / sub).mkdir(parents=True)
-    flag = root / "reboot-required"
-    v1 = _deb(root, "1.0", None)
-    v2 = _deb(root, "2.0", flag)
-    os.replace(v2, root / "repo" / v2.name)
-    packages = subprocess.run(["dpkg-scanpackages", ".", "/dev/null"], cwd=root / "repo",
-                              capture_output=True, text=True, check=True).stdout
-    (root / "repo/Packages").write_text(packages)
-    (root / "repo/Release").write_text("Origin: mhs\nLabel: mhs-Security\n"
-                                       "Suite: mhs-security\nCodename: mhs-security\n")
-    sources = root / "sources.list"
-    sources.write_text(f"deb [trusted=yes] file:{root / 'repo'} ./\n")
-    options = [f"Dir::Etc::SourceList={sources}", f"Dir::Etc::SourceParts={root / 'parts'}",
-               f"Dir::State::Lists={root / 'lists'}", "Dir::Cache::pkgcache=",
-               "Dir::Cache::srcpkgcache=", f"Dir::Cache::archives={root / 'archives'}"]
-    # Lists current as on a host where apt's daily timer ran (--check never refreshes them).
-    subprocess.run(["apt-get", "update", "-q", *[a for o in options for a in ("-o", o)]],
-                   check=True, capture_output=True, timeout=120)
-    _purge()
-    yield {"v1": v1, "flag": flag, "vars": {"mhops_patch_apt_options": options,
-                                            "mhops_patch_reboot_required_file": str(flag)}}
-    _purge()
+    built = debrepo.build(tmp_path / "apt")
+    debrepo.purge()
+    yield built
+    debrepo.purge()
 
 
 def _inventory(path: Path, hosts: dict) -> Path:
@@ -127,17 +78,17 @@ def test_check_on_localhost_lists_updates_and_changes_nothing(tmp_path):
 
 
 def test_apply_upgrades_dummy_package_on_loopback_host(tmp_path, repo):
-    subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
+    debrepo.install(repo["v1"])
     with SshLab(tmp_path / "lab", 1, first_octet=64, prefix="mhs") as lab:
         h = lab.hosts[0]
         inv = lab.write_inventory(tmp_path / "hosts.yml", hostvars={h.name: {
             **repo["vars"], "mhops_inspect_ports": [h.port],
             "mhops_inspect_processes": [{"name": "sshd", "match": "sshd"}]}}, group="mhs_app")
         dry = _run(tmp_path, inv, check=True)
-        assert _installed() == "1.0"
+        assert debrepo.installed() == "1.0"
         assert [p["name"] for p in dry.record["hosts"][0]["packages"]] == [PKG]
         out = _run(tmp_path, inv, yes=True, serial=1)
-    assert _installed() == "2.0"
+    assert debrepo.installed() == "2.0"
     rec = json.loads((out.record_dir / "record.json").read_text())
     host = rec["hosts"][0]
     assert host["outcome"] == "patched" and rec["outcome"] == "patched"
@@ -157,7 +108,7 @@ def test_apply_upgrades_dummy_package_on_loopback_host(tmp_path, repo):
 
 
 def test_failed_verification_stops_later_batches(tmp_path, repo):
-    subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
+    debrepo.install(repo["v1"])
     with SshLab(tmp_path / "lab", 2, first_octet=64, prefix="mhs") as lab:
         first, second = lab.hosts
         gone = lab.unreachable_host("mhs_gone")
@@ -182,7 +133,7 @@ def test_failed_verification_stops_later_batches(tmp_path, repo):
 
 
 def test_held_dpkg_lock_is_named_and_nothing_changes(tmp_path, repo):
-    subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
+    debrepo.install(repo["v1"])
     inv = _inventory(tmp_path / "hosts.yml", {"localhost": {**LOCAL, **repo["vars"]}})
     fd = os.open(FRONTEND, os.O_RDWR | os.O_CREAT, 0o640)
     deadline = time.monotonic() + 60
@@ -199,7 +150,7 @@ def test_held_dpkg_lock_is_named_and_nothing_changes(tmp_path, repo):
         waited = time.monotonic() - t0
     finally:
         os.close(fd)
-    assert _installed() == "1.0"
+    assert debrepo.installed() == "1.0"
     host = out.record["hosts"][0]
     assert out.exit_code == 2 and host["outcome"] == "failed"
     assert FRONTEND in host["error"] and f"pid {os.getpid()}" in host["error"]
@@ -220,16 +171,16 @@ def test_interrupted_transaction_is_refused_then_repaired(tmp_path, repo):
     repaired = _run(tmp_path, inv, yes=True, repair=True, lang="en")
     host = repaired.record["hosts"][0]
     assert host["outcome"] == "patched", host["error"]
-    assert _installed() == "2.0"
+    assert debrepo.installed() == "2.0"
     assert not subprocess.run(["dpkg", "--audit"], capture_output=True, text=True).stdout.strip()
 
 
 def test_unconfirmed_plan_changes_nothing(tmp_path, repo):
     from mhops.errors import MhopsError
 
-    subprocess.run(["dpkg", "-i", str(repo["v1"])], check=True, capture_output=True)
+    debrepo.install(repo["v1"])
     inv = _inventory(tmp_path / "hosts.yml", {"localhost": {**LOCAL, **repo["vars"]}})
     with pytest.raises(MhopsError, match="not confirmed"):
         _run(tmp_path, inv, confirm=lambda question: False)
-    assert _installed() == "1.0"
+    assert debrepo.installed() == "1.0"
     assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
