@@ -111,9 +111,9 @@ def _run(cmd, timeout):
 # --------------------------------------------------------------------------- auth log
 
 
-def _head_sha(fh):
-    fh.seek(0)
-    return hashlib.sha1(fh.read(HEAD)).hexdigest()
+def _head_sha(path, length):
+    with open(path, "rb") as fh:
+        return hashlib.sha1(fh.read(length)).hexdigest()
 
 
 def _complete(data):
@@ -143,11 +143,11 @@ def _rotated(path, cursor):
 def read_auth_log(path, cursor, initial, limit):
     """(new complete lines, new cursor, notes) for one log since `cursor`."""
     st = os.stat(path)
-    with open(path, "rb") as fh:
-        head = _head_sha(fh)
     chunks, notes = [], {"cursor_reset": False, "truncated": False, "rotated": False}
+    # The same inode rewritten in place (copytruncate) shows as a changed first bytes.
     same = (cursor and cursor.get("ino") == st.st_ino and cursor.get("dev") == st.st_dev
-            and cursor.get("head") in (head, None) and st.st_size >= cursor.get("offset", 0))
+            and st.st_size >= cursor.get("offset", 0)
+            and _head_sha(path, cursor.get("head_len", 0)) == cursor.get("head"))
     if same:
         start = cursor.get("offset", 0)
     elif cursor:
@@ -164,8 +164,9 @@ def read_auth_log(path, cursor, initial, limit):
     data, offset, cut = _read_from(path, start, limit)
     chunks.append(data)
     notes["truncated"] = notes["truncated"] or cut
-    new = {"dev": st.st_dev, "ino": st.st_ino, "offset": offset,
-           "head": head if st.st_size >= HEAD else None}
+    head_len = min(offset, HEAD)
+    new = {"dev": st.st_dev, "ino": st.st_ino, "offset": offset, "head_len": head_len,
+           "head": _head_sha(path, head_len)}
     text = b"".join(chunks).decode("utf-8", "replace")
     return text.splitlines(), new, notes
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ def run(opts: Options) -> records.Outcome:
     started = records.utc_now()
     selection = select(opts.inventory, opts.limit, opts.vault_password_file)
     redactor = Redactor(secrets=selection.secrets)
+    shown = opts.echo
+    opts = replace(opts, echo=lambda line: shown(redactor.text(line)))
     patches = {h.name: HostPatch(h) for h in selection.hosts}
     with state.locked(opts.state_dir, "patch"):
         _survey(selection, patches, opts, redactor)
@@ -116,7 +118,7 @@ def run(opts: Options) -> records.Outcome:
             _apply_batches(selection, work, opts, redactor)
         record = build_record(selection, patches, opts, started)
         run_dir = records.write_run(opts.records_dir, "patch", record, redactor)
-    opts.echo(redactor.text(record["headline"]))
+    opts.echo(record["headline"])
     opts.echo(str(run_dir))
     return records.Outcome(record["exit_code"], run_dir, record)
 

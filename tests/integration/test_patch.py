@@ -56,13 +56,18 @@ def _run(tmp_path: Path, inventory: Path, **kw) -> patch.Options:
     return out
 
 
+def _lists() -> list[tuple[str, float]]:
+    lists = Path("/var/lib/apt/lists")
+    return sorted((p.name, p.stat().st_mtime) for p in lists.iterdir() if p.is_file())
+
+
 def test_check_on_localhost_lists_updates_and_changes_nothing(tmp_path):
     inv = _inventory(tmp_path / "hosts.yml", {"localhost": LOCAL})
-    before = _dpkg_l()
+    before, lists = _dpkg_l(), _lists()
     sim = subprocess.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade"],
                          capture_output=True, text=True, check=True).stdout
     out = _run(tmp_path, inv, check=True, lang="en")
-    assert _dpkg_l() == before
+    assert _dpkg_l() == before and _lists() == lists
     rec = json.loads((out.record_dir / "record.json").read_text())
     assert rec["kind"] == "patch" and rec["check_mode"] and rec["outcome"] == "checked"
     assert out.exit_code == 0 and rec["headline"].startswith("Patch check")
@@ -75,6 +80,24 @@ def test_check_on_localhost_lists_updates_and_changes_nothing(tmp_path):
         assert key in rec
     assert any("->" in line for line in out.lines) or host["pending"]["total"] == 0
     no_leak([out.record_dir], FAKE_ID)
+
+
+def test_invoke_patch_check_cli(tmp_path):
+    """The task itself: options, invoke.yaml fallbacks and the exit code."""
+    import sys
+
+    inv = _inventory(tmp_path / "hosts.yml", {"localhost": LOCAL})
+    env = dict(os.environ, INVOKE_MHOPS_RECORDS_DIR=str(tmp_path / "records"),
+               INVOKE_MHOPS_STATE_DIR=str(tmp_path / "state"))
+    before = _dpkg_l()
+    res = subprocess.run([str(Path(sys.executable).parent / "invoke"), "patch", "--check",
+                          "-i", str(inv), "--lang", "en", "--serial", "2"],
+                         cwd=Path(patch.__file__).parents[1], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "nothing was changed" in res.stdout and _dpkg_l() == before
+    rec = json.loads(next((tmp_path / "records").glob("*-patch/record.json")).read_text())
+    assert rec["settings"]["serial"] == 2 and rec["check_mode"]
 
 
 def test_apply_upgrades_dummy_package_on_loopback_host(tmp_path, repo):
