@@ -48,6 +48,17 @@ def _deb(root: Path, version: str, reboot_flag: Path | None) -> Path:
     return out
 
 
+def _index(deb: Path) -> str:
+    """The Packages stanza dpkg-scanpackages would write (dpkg-dev is not needed)."""
+    import hashlib
+
+    control = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True,
+                             check=True).stdout.rstrip("\n")
+    data = deb.read_bytes()
+    return (f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+            f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n")
+
+
 def build(root: Path) -> dict:
     """Build v1 and the v2 repository under `root`; return v1, the flag and role variables."""
     for sub in ("repo", "lists/partial", "parts", "archives/partial"):
@@ -56,9 +67,7 @@ def build(root: Path) -> dict:
     v1 = _deb(root, "1.0", None)
     v2 = _deb(root, "2.0", flag)
     os.replace(v2, root / "repo" / v2.name)
-    packages = subprocess.run(["dpkg-scanpackages", ".", "/dev/null"], cwd=root / "repo",
-                              capture_output=True, text=True, check=True).stdout
-    (root / "repo/Packages").write_text(packages)
+    (root / "repo/Packages").write_text(_index(root / "repo" / v2.name))
     (root / "repo/Release").write_text("Origin: mhs\nLabel: mhs-Security\n"
                                        "Suite: mhs-security\nCodename: mhs-security\n")
     sources = root / "sources.list"
