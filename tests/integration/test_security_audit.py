@@ -208,6 +208,20 @@ def test_rotation_is_followed_and_cursors_are_separate_from_inspections(site):
     assert not (site["root"] / "state" / "cursors").exists()
 
 
+def test_unreachable_host_is_critical_and_others_still_audited(site, tmp_path):
+    with SshLab(tmp_path / "lab", 1, first_octet=64, prefix="mhs") as lab:
+        h, gone = lab.hosts[0], lab.unreachable_host("mhs_gone")
+        inv = lab.write_inventory(tmp_path / "hosts.yml", extra_hosts=[gone],
+                                  hostvars={h.name: site["settings"]}, group="mhs_gateway")
+        out = _run(site, inv, connect_timeout=3)
+    hosts = {e["host"]: e for e in out.record["hosts"]}
+    assert not hosts[gone.name]["reachable"] and hosts[gone.name]["status"] == "critical"
+    assert hosts[h.name]["reachable"] and hosts[h.name]["results"]
+    assert out.exit_code == 2
+    assert (out.record_dir / "record.html").stat().st_size > 0
+    assert not (site["root"] / "state" / "security_audit" / "cursors" / "mhs_gone.json").exists()
+
+
 def test_bad_setting_is_refused_with_file_and_line(site):
     from mhops.errors import MhopsError
 
