@@ -414,10 +414,12 @@ def run(opts: Options) -> records.Outcome:
     with state.locked(opts.state_dir, KIND):
         cursors = {h.name: state.load_cursors(cursor_dir(opts.state_dir), h.name)
                    for h in selection.hosts}
+        progress = _progress(settings, opts)
         if opts.transport == "fabric":
-            collected = _via_fabric(selection.hosts, settings, cursors, opts, redactor)
+            collected = _via_fabric(selection.hosts, settings, cursors, opts, redactor,
+                                    progress)
         else:
-            collected = _via_ansible(selection.hosts, settings, opts, redactor)
+            collected = _via_ansible(selection.hosts, settings, opts, redactor, progress)
         record = build_record(selection, settings, collected, opts, started)
         run_dir = records.write_run(opts.records_dir, KIND, record, redactor)
         for name, c in collected.items():
@@ -432,11 +434,33 @@ def run(opts: Options) -> records.Outcome:
     return records.Outcome(record["exit_code"], run_dir, record)
 
 
+def _progress(settings: dict[str, Settings], opts: Options) -> Callable[[Collected], None]:
+    """One line per host as its result arrives: status and its abnormal checks."""
+    names = records.labels(opts.lang)["statuses"]
+    checks = records.labels(opts.lang)["security_checks"]
+    done: list[str] = []
+
+    def show(c: Collected) -> None:
+        done.append(c.host)
+        if c.raw is not None:
+            results = judge(c.raw, settings[c.host], opts.lang)[0]
+            status = th.worst([r.status for r in results])
+            bad = sorted({checks.get(r.check, r.check) for r in results
+                          if r.status in (WARNING, CRITICAL)})
+            detail = ", ".join(bad)
+        else:
+            status, detail = CRITICAL, c.error
+        opts.echo(f"[{len(done)}/{len(settings)}] {c.host:<20} {names[status]:<8} "
+                  f"{c.seconds:5.1f}s  {detail}")
+    return show
+
+
 def _payload(args: dict[str, Any]) -> str:
     return f"MHOPS_ARGS = {json.dumps(json.dumps(args))}\n" + COLLECTOR.read_text()
 
 
-def _via_fabric(hosts, settings, cursors, opts: Options, redactor) -> dict[str, Collected]:
+def _via_fabric(hosts, settings, cursors, opts: Options, redactor,
+                progress: Callable[[Collected], None]) -> dict[str, Collected]:
     out: dict[str, Collected] = {}
 
     def command_for(h: Host) -> tuple[str, str, float]:
@@ -452,13 +476,15 @@ def _via_fabric(hosts, settings, cursors, opts: Options, redactor) -> dict[str, 
             except ValueError:
                 c.error = redactor.text(f"collector printed no JSON: {o.stdout[-300:]!r}")
         out[o.host] = c
+        progress(c)
 
     remote.run_many(list(hosts), command_for, forks=opts.forks,
                     connect_timeout=opts.connect_timeout, on_done=done)
     return out
 
 
-def _via_ansible(hosts, settings, opts: Options, redactor) -> dict[str, Collected]:
+def _via_ansible(hosts, settings, opts: Options, redactor,
+                 progress: Callable[[Collected], None]) -> dict[str, Collected]:
     from mhops import runner
 
     out: dict[str, Collected] = {}
@@ -472,6 +498,7 @@ def _via_ansible(hosts, settings, opts: Options, redactor) -> dict[str, Collecte
         else:
             c.error = o.message
         out[o.host] = c
+        progress(c)
 
     runner.run_playbook(
         "playbooks/security_audit.yml", inventory=opts.inventory, limit=opts.limit,
