@@ -746,6 +746,98 @@ def notify_sla(c, within=None, source=None, inventory=None, lang=None):
     _exit_with(outcome)
 
 
+@task(
+    iterable=["inventory"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default patch.inventory",
+        "limit": "Ansible host pattern to select hosts; matching nothing is an error",
+        "check": "only list the pending updates (no list refresh, no change)",
+        "security_only": "only security-flagged updates",
+        "serial": "hosts patched (and verified) per batch; 0 = all at once",
+        "reboot": "reboot hosts whose updates ask for it (/var/run/reboot-required)",
+        "repair": "run dpkg --configure -a when an earlier transaction was interrupted",
+        "yes": "apply the plan without asking",
+        "lock_timeout": "seconds to wait for the package manager's lock",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def patch(c, inventory=None, limit=None, check=False, security_only=False, serial=None,
+          reboot=False, repair=False, yes=False, lock_timeout=None, lang=None, operator=None):
+    """List pending updates, apply them in rolling batches, verify, write the patch record."""
+    from mhops import patch as patching
+
+    cfg, m = c.config.patch, c.config.mhops
+    timeout = lock_timeout if lock_timeout is not None else cfg.lock_timeout
+    opts = patching.Options(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+        limit=limit,
+        check=check,
+        security_only=security_only or bool(cfg.security_only),
+        serial=int(serial if serial is not None else cfg.serial),
+        reboot=reboot,
+        repair=repair,
+        yes=yes,
+        lock_timeout=float(timeout) if timeout not in (None, "") else None,
+        lang=lang or m.lang,
+        operator=operator or m.operator,
+        timezone=m.timezone,
+        forks=int(cfg.forks),
+        records_dir=_path(m.records_dir),
+        state_dir=_path(m.state_dir),
+        vault_password_file=m.vault_password_file or None,
+        confirm=_ask if sys.stdin.isatty() else None,
+    )
+    with _exits():
+        outcome = patching.run(opts)
+    _exit_with(outcome)
+
+
+def _ask(question: str) -> bool:
+    return input(question).strip().lower() in ("y", "yes", "是")
+
+
+@task(
+    iterable=["inventory", "notify"],
+    help={
+        "inventory": "inventory file or folder (repeatable); default security.inventory",
+        "limit": "Ansible host pattern to select hosts; matching nothing is an error",
+        "transport": "fabric (one SSH round trip per host) or ansible (ansible-runner)",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+        "notify": "who was told about abnormal results (repeatable)",
+        "junit": "also write JUnit XML here (one test case per host x check)",
+        "prom_textfile": "also write Prometheus gauges into this textfile-collector folder",
+    },
+)
+def security_audit(c, inventory=None, limit=None, transport=None, lang=None, operator=None,
+                   notify=None, junit=None, prom_textfile=None):
+    """Audit logins, ports, sshd, pending security updates, firewall, AV, files and TLS."""
+    from mhops import security_audit as audit
+
+    cfg, m = c.config.security, c.config.mhops
+    opts = audit.Options(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory
+                                                         or c.config.inspect.inventory])],
+        limit=limit,
+        transport=transport or cfg.transport,
+        lang=lang or m.lang,
+        operator=operator or m.operator,
+        notified=list(notify or cfg.notified or []),
+        records_dir=_path(m.records_dir),
+        state_dir=_path(m.state_dir),
+        timezone=m.timezone,
+        forks=int(cfg.forks),
+        connect_timeout=int(cfg.connect_timeout),
+        vault_password_file=m.vault_password_file or None,
+    )
+    with _exits():
+        targets = _targets(junit, prom_textfile)
+        outcome = audit.run(opts)
+    _after_run(c, outcome, targets, opts.inventory, send=False)
+    _exit_with(outcome)
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -766,5 +858,7 @@ for _name, _task in (("open", incident_open), ("ack", incident_ack), ("note", in
 notify_ns = Collection("notify")
 notify_ns.add_task(notify_test, "test")
 notify_ns.add_task(notify_sla, "sla")
+security = Collection("security")
+security.add_task(security_audit, "audit")
 ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns,
-                report)
+                report, patch, security)
