@@ -183,7 +183,9 @@ def test_held_lock_gives_up_within_timeout_without_blocking_the_application(tmp_
     assert out.record["plan"] and out.record["status"] == "warning"
     for i in out.record["plan"]:
         assert i["status"] == "gave_up" and "lock timeout" in i["reason"], i
-        assert i["duration_s"] <= 1 + 1.5, i  # lock_timeout plus the module's own start-up
+        # lock_timeout plus the module's own start-up, which a busy machine stretches: the
+        # bound that matters is far below statement_timeout (an hour), not a tight one.
+        assert i["duration_s"] <= 1 + 4, i
     # The holding session was not killed: it still works and can finish its transaction.
     assert sql(holder, "SELECT count(*) FROM t")[0][0] > 0
     holder.rollback()
