@@ -179,6 +179,7 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
             log_matches=_levels_cfg(cfg.log_matches),
             log_tail_bytes=int(cfg.log_tail_bytes),
             deep=bool(cfg.deep),
+            forks=int(cfg.forks),
             lang=lang or m.lang,
             operator=operator or m.operator,
             timezone=m.timezone,

@@ -316,6 +316,7 @@ def _run_record(selection, entries, opts: RunOptions, started) -> dict[str, Any]
         "run_id": records.run_id("backup_run", started), "lang": opts.lang,
         "check_mode": bool(opts.check),
         "status": th.worst(statuses), "exit_code": th.exit_code(statuses),
+        "headline": _run_headline(opts.lang, entries, bool(opts.check)),
         "time": records.time_block(started, finished, opts.timezone),
         "operator": records.operator_name(opts.operator),
         "scope": {"inventory": list(selection.sources), "limit": selection.limit,
@@ -333,6 +334,18 @@ def _run_record(selection, entries, opts: RunOptions, started) -> dict[str, Any]
         "events": events,
         "ops_revision": records.ops_revision(),
     }
+
+
+def _run_headline(lang: str, entries: list[dict[str, Any]], check: bool) -> str:
+    ok = sum(e["outcome"] == "ok" for e in entries)
+    failed = sum(e["outcome"] == "failed" for e in entries)
+    if lang == "zh-CN":
+        if check:
+            return f"数据库备份（仅计划）：{len(entries)} 个数据库"
+        return f"数据库备份：{ok} 个成功，{failed} 个失败"
+    if check:
+        return f"Database backup (plan only): {len(entries)} database(s)"
+    return f"Database backup: {ok} done, {failed} failed"
 
 
 _RUN_FIX = {
@@ -546,9 +559,12 @@ def check_target(t: CheckTarget, got: dict[str, Any], opts: CheckOptions, now: d
                        f"{age_h} h (RPO {rpo['warning']:g}/{rpo['critical']:g} h)", lang,
                        value=age_h, unit="h", warning=rpo["warning"],
                        critical=rpo["critical"]))
-    st, ratio = size_anomaly(newest["size"], [f["size"] for f in files[:-1]], shrink["warning"],
-                             shrink["critical"], opts.size_window)
-    prev = [f["size"] for f in files[:-1] if f["size"] > 0][-opts.size_window:]
+    # Only backups stored the same way compare: switching on compression is no shrink.
+    suffix = newest["file"][len(_probe.stem_of(newest["file"])):]
+    earlier = [f["size"] for f in files[:-1] if f["file"].endswith(suffix)]
+    st, ratio = size_anomaly(newest["size"], earlier, shrink["warning"], shrink["critical"],
+                             opts.size_window)
+    prev = [s for s in earlier if s > 0][-opts.size_window:]
     text = (f"{newest['size']} bytes = {ratio:.0%} of the median of the previous {len(prev)} "
             f"({int(statistics.median(prev))} bytes)" if ratio is not None
             else f"{newest['size']} bytes; no earlier backup to compare with")
