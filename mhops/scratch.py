@@ -107,6 +107,8 @@ class Instance:
     proc: subprocess.Popen | None = None
     version: str = ""
     steps: dict[str, float] = field(default_factory=dict)
+    # Extra server options (e.g. a preloaded library for a test); none for drills.
+    extra_args: tuple[str, ...] = ()
 
     # ------------------------------------------------------------ paths
 
@@ -194,6 +196,7 @@ class Instance:
                 if os.geteuid() == 0:
                     argv.append("--user=mysql")
                 kw = {}
+            argv += list(self.extra_args)
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=out, env=clean_env(), cwd=self.root,
                                          start_new_session=True, **kw)
