@@ -7,11 +7,13 @@ Real PostgreSQL and MariaDB (databases mhr_*), real Ansible, real SSH.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -289,3 +291,41 @@ def test_postgresql_counts_are_exactly_the_dumps_under_concurrent_writes(site, t
     # The writer kept going while the backup ran: a count taken outside the dump's
     # snapshot would not have matched.
     assert counter[0] > in_dump
+
+
+def test_drill_restores_a_zstd_backup_and_fails_loudly_on_a_cut_one(site, remote_backups,
+                                                                    tmp_path):
+    from mhops import drill
+
+    scratch_dir = Path(tempfile.mkdtemp(prefix="mhr_scratch_"))
+    os.chmod(scratch_dir, 0o711)  # the mysql account must enter it
+    inv = _local_inventory(tmp_path / "drill.yml", _entries(remote_backups["dir"]))
+
+    def run(**kw):
+        return drill.run(drill.Options(records_dir=site["records"], inventory=[str(inv)],
+                                       engine="mariadb", name=NAMES["mariadb"],
+                                       scratch_dir=str(scratch_dir), smoke_day="today",
+                                       operator="演练员", echo=lambda line: None, **kw))
+    try:
+        good = run()
+        assert good.exit_code == 0, good.record["reason"]
+        assert good.record["backup"]["file"].endswith(".sql.zst")
+        cut_dir = tmp_path / "cut"
+        shutil.copytree(remote_backups["dir"] / NAMES["mariadb"], cut_dir)
+        cut = sorted(cut_dir.glob("*.sql.zst"))[-1]
+        cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+        bad = run(backup=str(cut))
+        assert bad.exit_code != 0 and bad.record["outcome"] != "passed"
+        assert "differs from the manifest" in bad.record["reason"]
+        # Even with a manifest that matches the cut file, the restore pipe fails on the
+        # cut zstd frame: it never restores half a dump quietly.
+        mpath = cut.with_name(cut.name[: -len(".sql.zst")] + ".manifest.json")
+        m = json.loads(mpath.read_text())
+        m.update(size=cut.stat().st_size, sha256=hashlib.sha256(cut.read_bytes()).hexdigest())
+        mpath.write_text(json.dumps(m))
+        worse = run(backup=str(cut))
+        assert worse.exit_code != 0 and worse.record["outcome"] != "passed"
+        assert "zstd" in worse.record["reason"] or "decompress" in worse.record["reason"], \
+            worse.record["reason"]
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
