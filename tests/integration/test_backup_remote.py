@@ -329,3 +329,46 @@ def test_drill_restores_a_zstd_backup_and_fails_loudly_on_a_cut_one(site, remote
             worse.record["reason"]
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def test_mariadb_counts_are_exactly_the_dumps_under_concurrent_writes(site, tmp_path):
+    import gzip
+
+    import pymysql
+
+    my = SERVERS["mariadb"]
+    conn = pymysql.connect(database=DB, autocommit=True, **my)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS mhr_writes (id bigint AUTO_INCREMENT "
+                    "PRIMARY KEY, note varchar(40)) ENGINE=InnoDB")
+    stop, counter = threading.Event(), [0]
+
+    def write():
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("INSERT INTO mhr_writes (note) VALUES ('it''s (a), b;')")
+                counter[0] += 1
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while counter[0] < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        entry = {"name": "mhr_busy_my", "engine": "mariadb", **my, "database": DB,
+                 "backup_dir": str(tmp_path / "busy")}
+        out = _run(site, _local_inventory(tmp_path / "busy.yml", [entry]), compress="gzip")
+    finally:
+        stop.set()
+        t.join(30)
+        conn.close()
+    assert out.exit_code == 0, out.lines
+    folder = tmp_path / "busy" / "mhr_busy_my"
+    m = _newest_manifest(folder)
+    assert m["tables_counted"] == "dump_content" and m["file"].endswith(".sql.gz")
+    # Counted independently: mariadb-dump 10.11 writes one row per line.
+    lines = gzip.decompress((folder / m["file"]).read_bytes()).decode().splitlines()
+    start = lines.index("LOCK TABLES `mhr_writes` WRITE;")
+    end = lines.index("UNLOCK TABLES;", start)
+    in_dump = sum(ln.startswith("(") for ln in lines[start:end])
+    assert in_dump > 0 and m["tables"]["mhr_writes"] == in_dump
+    assert counter[0] > in_dump
