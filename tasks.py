@@ -160,13 +160,14 @@ def _levels_cfg(value):
         "database": "logical name from mhops_databases (repeatable); default: all",
         "backup_dir": "backup folder on the database hosts for entries without backup_dir",
         "keep": "good backups kept per database (the newest and drills' .in-use never go)",
+        "compress": "MariaDB SQL dumps: none, gzip or zstd (default backup.compress)",
         "check": "only show what would be dumped and deleted",
         "lang": "record language: zh-CN (default) or en",
         "operator": "执行人 written in the record",
     },
 )
 def backup_run(c, inventory=None, limit=None, database=None, backup_dir=None, keep=None,
-               check=False, lang=None, operator=None):
+               compress=None, check=False, lang=None, operator=None):
     """Dump each database (pg_dump -Fc / mariadb-dump) with manifest and canary; retention."""
     from mhops import backup
 
@@ -177,6 +178,7 @@ def backup_run(c, inventory=None, limit=None, database=None, backup_dir=None, ke
         databases=list(database or []),
         backup_dir=backup_dir or cfg.dir,
         keep=int(keep if keep is not None else cfg.keep),
+        compress=compress or cfg.get("compress") or "none",
         check=check,
         lang=lang or m.lang,
         operator=operator or m.operator,
@@ -237,6 +239,7 @@ def backup_check(c, inventory=None, limit=None, database=None, dir=None, glob="*
             log_matches=_levels_cfg(cfg.log_matches),
             log_tail_bytes=int(cfg.log_tail_bytes),
             deep=bool(cfg.deep),
+            forks=int(cfg.forks),
             lang=lang or m.lang,
             operator=operator or m.operator,
             timezone=m.timezone,

@@ -13,15 +13,11 @@ The checking rules that need no I/O are the pure functions at the top of this mo
 
 from __future__ import annotations
 
-import fnmatch
-import gzip
-import hashlib
+import importlib.util
 import json
 import re
 import statistics
-import subprocess
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,12 +32,12 @@ from mhops.redact import Redactor
 
 SCHEMA_VERSION = 1
 ENGINES = ("postgresql", "mariadb")
-EXTS = ("dump", "sql", "sql.gz")
+COMPRESSIONS = ("none", "gzip", "zstd")
+EXTS = ("dump", "sql", "sql.gz", "sql.zst")
 NAGIOS = {th.NORMAL: "OK", th.WARNING: "WARNING", th.CRITICAL: "CRITICAL", th.UNKNOWN: "UNKNOWN"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_STAMP = re.compile(r"-(\d{8}T\d{6}Z)\.(?:dump|sql|sql\.gz)$")
-FOOTERS = {"mariadb": b"-- Dump completed", "postgresql": b"-- PostgreSQL database dump complete"}
-PG_MAGIC = b"PGDMP"
+_STAMP = re.compile(r"-(\d{8}T\d{6}Z)\.(?:dump|sql|sql\.gz|sql\.zst)$")
+PROBE = Path(__file__).resolve().parent.parent / "library" / "mhops_backup_probe.py"
 
 DEFAULT_RPO_HOURS = {"warning": 26.0, "critical": 50.0}
 DEFAULT_SHRINK = {"warning": 0.5, "critical": 0.2}
@@ -50,6 +46,21 @@ DEFAULT_LOG_PATTERNS = {"error": r"(?i)\b(error|fatal|failed|failure|denied)\b"}
 
 
 # ---------------------------------------------------------------- pure checking rules
+
+def _load_probe():
+    spec = importlib.util.spec_from_file_location("mhops_backup_probe", PROBE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The probe (stdlib only, it runs on database hosts) is the one copy of the rules that
+# read backup files; they are used from here for folders on this machine.
+_probe = _load_probe()
+has_footer = _probe.has_footer
+count_matches = _probe.count_matches
+integrity = _probe.integrity
+
 
 def age_status(age_hours: float | None, warning: float, critical: float) -> str:
     """Newest backup age against the RPO target; no backup at all is critical."""
@@ -76,22 +87,6 @@ def size_anomaly(newest: int, previous: list[int], warning: float = 0.5,
     return th.NORMAL, ratio
 
 
-def has_footer(tail: bytes, engine: str) -> bool:
-    """Whether a plain SQL dump ends with its tool's completion comment.
-
-    mariadb-dump/mysqldump write ``-- Dump completed on ...`` as their last line and
-    pg_dump (plain) ``-- PostgreSQL database dump complete``; a dump cut short lacks it.
-    Only the last non-blank lines count, so the phrase inside table data does not.
-    """
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    want = FOOTERS[engine]
-    if engine == "postgresql":
-        # pg_dump 15.14+ ends with a \unrestrict line after the footer.
-        lines = [ln for ln in lines if not ln.startswith(b"\\unrestrict")]
-        return any(ln.startswith(want) for ln in lines[-2:])
-    return bool(lines) and lines[-1].startswith(want)
-
-
 def compare_manifest(manifest: dict[str, Any] | None, *, basename: str, size: int,
                      sha256: str | None, ours: bool) -> tuple[str, str]:
     """(status, reason) of a backup file against its manifest.
@@ -112,10 +107,6 @@ def compare_manifest(manifest: dict[str, Any] | None, *, basename: str, size: in
     if sha256 != manifest["sha256"]:
         return th.CRITICAL, "sha256 differs from the manifest: the file changed or is corrupt"
     return th.NORMAL, "sha256 and size match the manifest"
-
-
-def count_matches(lines: list[str], patterns: dict[str, re.Pattern]) -> dict[str, int]:
-    return {name: sum(1 for ln in lines if rx.search(ln)) for name, rx in patterns.items()}
 
 
 def level_status(value: float, levels: dict[str, float], higher_is_worse: bool = True) -> str:
@@ -221,6 +212,7 @@ class RunOptions:
     databases: list[str] = field(default_factory=list)
     backup_dir: str = "/var/backups/mhops"
     keep: int = 7
+    compress: str = "none"
     check: bool = False
     lang: str = "zh-CN"
     operator: str = ""
@@ -237,6 +229,9 @@ def run(opts: RunOptions) -> records.Outcome:
     if not str(opts.backup_dir).startswith("/"):
         raise MhopsError(f"backup.dir must be an absolute path on the database hosts, "
                          f"got {opts.backup_dir!r}")
+    if opts.compress not in COMPRESSIONS:
+        raise MhopsError(f"backup.compress must be one of {', '.join(COMPRESSIONS)}, "
+                         f"got {opts.compress!r}")
     records.labels(opts.lang)
     started = records.utc_now()
     selection, chosen = _selected(opts.inventory, opts.limit, opts.databases,
@@ -253,6 +248,7 @@ def run(opts: RunOptions) -> records.Outcome:
             extravars={"mhops_backup_only": list(opts.databases),
                        "mhops_backup_dir": str(opts.backup_dir),
                        "mhops_backup_keep": int(opts.keep),
+                       "mhops_backup_compress": opts.compress,
                        "mhops_backup_plan_only": bool(opts.check),
                        "mhops_backup_tokens": tokens},
             forks=opts.forks, task_action="ansible.builtin.debug", redactor=redactor,
@@ -298,6 +294,8 @@ def _run_entries(chosen, outcomes, pb) -> list[dict[str, Any]]:
                                if started and finished else None),
                 "dump_seconds": delta_seconds(r.get("dump_seconds")),
                 "server_version": r.get("server_version"),
+                "compression": r.get("compression"),
+                "tables_counted": r.get("tables_counted"),
                 "tables_count": len(tables), "rows_total": sum(int(v) for v in tables.values()),
                 "tables": {k: int(v) for k, v in tables.items()},
                 "retention": r.get("retention") or {"deleted": [], "kept": [], "in_use": [],
@@ -318,12 +316,14 @@ def _run_record(selection, entries, opts: RunOptions, started) -> dict[str, Any]
         "run_id": records.run_id("backup_run", started), "lang": opts.lang,
         "check_mode": bool(opts.check),
         "status": th.worst(statuses), "exit_code": th.exit_code(statuses),
+        "headline": _run_headline(opts.lang, entries, bool(opts.check)),
         "time": records.time_block(started, finished, opts.timezone),
         "operator": records.operator_name(opts.operator),
         "scope": {"inventory": list(selection.sources), "limit": selection.limit,
                   "hosts": sorted({e["host"] for e in entries}),
                   "databases": [e["name"] for e in entries]},
-        "settings": {"backup_dir": opts.backup_dir, "keep": opts.keep},
+        "settings": {"backup_dir": opts.backup_dir, "keep": opts.keep,
+                     "compress": opts.compress},
         "backups": entries,
         "summary": {"total": len(entries),
                     "ok": sum(e["outcome"] == "ok" for e in entries),
@@ -334,6 +334,18 @@ def _run_record(selection, entries, opts: RunOptions, started) -> dict[str, Any]
         "events": events,
         "ops_revision": records.ops_revision(),
     }
+
+
+def _run_headline(lang: str, entries: list[dict[str, Any]], check: bool) -> str:
+    ok = sum(e["outcome"] == "ok" for e in entries)
+    failed = sum(e["outcome"] == "failed" for e in entries)
+    if lang == "zh-CN":
+        if check:
+            return f"数据库备份（仅计划）：{len(entries)} 个数据库"
+        return f"数据库备份：{ok} 个成功，{failed} 个失败"
+    if check:
+        return f"Database backup (plan only): {len(entries)} database(s)"
+    return f"Database backup: {ok} done, {failed} failed"
 
 
 _RUN_FIX = {
@@ -369,7 +381,7 @@ class CheckTarget:
     glob: str
     engine: str | None = None
     ours: bool = True
-    host: str = "localhost"
+    host: str = ""        # an inventory host; "" is a folder on this machine
 
 
 @dataclass
@@ -388,6 +400,9 @@ class CheckOptions:
     log_matches: dict[str, float] | None = None
     log_tail_bytes: int = 262144
     deep: bool = True
+    forks: int = 10
+    connect_timeout: int = 10
+    probe_timeout: int = 3600
     lang: str = "zh-CN"
     operator: str = ""
     timezone: str = "Asia/Shanghai"
@@ -398,134 +413,81 @@ class CheckOptions:
 
 def external_target(folder: str, glob: str, engine: str | None = None,
                     name: str | None = None) -> CheckTarget:
-    """A folder of backups made by another tool, matched by a filename glob."""
+    """A folder of backups made by another tool on this machine, matched by a glob."""
     if engine is not None and engine not in ENGINES:
         raise MhopsError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     p = Path(folder)
     if not p.is_dir():
         raise MhopsError("backup folder does not exist or is not a folder", path=str(p))
-    return CheckTarget(name=name or p.name, folder=p, glob=glob, engine=engine, ours=False)
+    return CheckTarget(name=name or p.name, folder=p, glob=glob, engine=engine, ours=False,
+                       host="")
 
 
-def _targets(opts: CheckOptions) -> tuple[list[CheckTarget], list[str], Any]:
+def _targets(opts: CheckOptions) -> tuple[list[CheckTarget], dict[str, Host], Any]:
+    """External folders (host ""), then every selected database's folder on its host."""
     targets = list(opts.external)
-    sources: list[str] = []
+    hosts: dict[str, Host] = {}
     selection = None
     if opts.inventory and (opts.databases or not targets):
         selection, chosen = _selected(opts.inventory, opts.limit, opts.databases,
                                       opts.vault_password_file)
-        sources = list(selection.sources)
         for h, dbs in chosen:
-            if not h.local:
-                raise MhopsError(f"host {h.name}: backup.check reads backup folders on this "
-                                 "machine; run it on that host or give --dir for a mounted copy")
+            hosts[h.name] = h
             for d in dbs:
                 folder = Path(d.get("backup_dir") or opts.backup_dir) / d["name"]
                 targets.append(CheckTarget(d["name"], folder, f"{d['name']}-*", d["engine"],
                                            True, h.name))
     if not targets:
         raise MhopsError("nothing to check: give an inventory with mhops_databases or --dir")
-    return targets, sources, selection
+    return targets, hosts, selection
 
 
-@dataclass
-class _File:
-    path: Path
-    size: int
-    when: datetime
-    manifest: dict[str, Any] | None
-    manifest_error: str | None = None
+def _probe_args(targets: list[CheckTarget], log: str | None, patterns: dict[str, re.Pattern],
+                opts: CheckOptions) -> dict[str, Any]:
+    return {"deep": bool(opts.deep),
+            "targets": [{"name": t.name, "folder": str(t.folder), "glob": t.glob,
+                         "ours": t.ours, "engine": t.engine} for t in targets],
+            "log": {"path": log, "tail_bytes": int(opts.log_tail_bytes),
+                    "patterns": {k: v.pattern for k, v in patterns.items()}} if log else None}
 
 
-def _files(t: CheckTarget) -> list[_File]:
-    """Backups of a target, oldest first (manifest end time, else the file's mtime)."""
-    if not t.folder.is_dir():
-        return []
-    out = []
-    for p in t.folder.iterdir():
-        if (p.name.startswith(".") or not p.is_file() or p.name.endswith(".manifest.json")
-                or not fnmatch.fnmatchcase(p.name, t.glob)):
-            continue
-        if t.ours and not any(p.name.endswith("." + e) for e in EXTS):
-            continue
-        st = p.stat()
-        stem = p.name
-        for e in sorted(EXTS, key=len, reverse=True):
-            if stem.endswith("." + e):
-                stem = stem[: -len(e) - 1]
-                break
-        mpath = p.with_name(stem + ".manifest.json")
-        manifest, err = None, None
-        if mpath.exists():
+def _payload(args: dict[str, Any]) -> str:
+    # The probe reads its arguments from MHOPS_ARGS when run as `python3 -`.
+    return f"MHOPS_ARGS = {json.dumps(json.dumps(args))}\n" + PROBE.read_text()
+
+
+def _probe_hosts(targets, hosts: dict[str, Host], patterns, opts: CheckOptions,
+                 redactor: Redactor) -> dict[str, dict[str, Any]]:
+    """One probe per database host (Fabric, or a local process): {host: result or error}."""
+    from mhops import remote
+
+    by_host: dict[str, list[CheckTarget]] = {}
+    for t in targets:
+        if t.host:
+            by_host.setdefault(t.host, []).append(t)
+    if not by_host:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+
+    def command_for(h: Host) -> tuple[str, str, float]:
+        log = h.vars.get("mhops_backup_log") or opts.log
+        args = _probe_args(by_host[h.name], str(log) if log else None, patterns, opts)
+        return remote.python_command(h), _payload(args), opts.probe_timeout
+
+    def done(o) -> None:
+        got: dict[str, Any] = {"error": redactor.text(o.error) if o.error else None,
+                               "unreachable": o.status == remote.UNREACHABLE,
+                               "seconds": round(o.seconds, 3)}
+        if o.status == remote.OK:
             try:
-                manifest = json.loads(mpath.read_text())
-                if not isinstance(manifest, dict):
-                    raise ValueError("not a JSON object")
-            except (OSError, ValueError) as exc:
-                manifest, err = None, f"manifest unreadable: {exc}"
-        when = records.parse_time((manifest or {}).get("finished_at")) or datetime.fromtimestamp(
-            st.st_mtime, UTC)
-        out.append(_File(p, st.st_size, when, manifest, err))
-    if t.ours:
-        out.sort(key=lambda f: (m[1] if (m := _STAMP.search(f.path.name)) else "", f.when))
-    else:
-        out.sort(key=lambda f: (f.when, f.path.name))
+                got.update(json.loads(o.stdout))
+            except ValueError:
+                got["error"] = redactor.text(f"probe printed no JSON: {o.stdout[-300:]!r}")
+        out[o.host] = got
+
+    remote.run_many([hosts[n] for n in by_host], command_for, forks=opts.forks,
+                    connect_timeout=opts.connect_timeout, on_done=done)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tail(path: Path, n: int = 4096) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(max(0, path.stat().st_size - n))
-        return fh.read()
-
-
-def _gzip_tail(path: Path, n: int = 4096) -> bytes:
-    """Decompress the whole stream (a truncated .gz raises) and keep its last bytes."""
-    tail = b""
-    with gzip.open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            tail = (tail + block)[-n:]
-    return tail
-
-
-def integrity(path: Path, engine: str | None, deep: bool = True) -> tuple[str, str]:
-    """(status, reason): empty, unreadable custom dump, SQL dump without its footer."""
-    size = path.stat().st_size
-    if size == 0:
-        return th.CRITICAL, "the file is empty"
-    with open(path, "rb") as fh:
-        head = fh.read(5)
-    if head == PG_MAGIC:
-        r = subprocess.run(["pg_restore", "--list", str(path)], capture_output=True,
-                           text=True, timeout=600)
-        if r.returncode != 0:
-            return th.CRITICAL, "pg_restore --list cannot read it: " + " ".join(
-                r.stderr.split())[:300]
-        if deep:
-            # --list reads only the table of contents; a full read finds a cut data part.
-            r = subprocess.run(["pg_restore", "--file=/dev/null", str(path)],
-                               capture_output=True, text=True, timeout=3600)
-            if r.returncode != 0:
-                return th.CRITICAL, "pg_restore cannot read the data: " + " ".join(
-                    r.stderr.split())[:300]
-        return th.NORMAL, "custom-format dump readable by pg_restore"
-    try:
-        tail = _gzip_tail(path) if path.name.endswith(".gz") else _tail(path)
-    except (OSError, EOFError, zlib.error) as exc:
-        return th.CRITICAL, f"compressed file is truncated or corrupt: {exc}"
-    engines = [engine] if engine else list(ENGINES)
-    if any(has_footer(tail, e) for e in engines):
-        return th.NORMAL, "the dump ends with its completion footer"
-    want = " or ".join(repr(FOOTERS[e].decode()) for e in engines)
-    return th.CRITICAL, f"no completion footer ({want}): the dump is truncated or failed"
 
 
 _FIX = {
@@ -545,6 +507,9 @@ _FIX = {
                   "take a new one."),
     "log": ("备份日志中有错误：查看样例行定位原因并处理。",
             "The backup log has errors: read the sample lines and fix the cause."),
+    "reach": ("无法读取数据库主机上的备份：检查 SSH 连接、主机密钥和 Python，然后重新检查。",
+              "The backups on the database host could not be read: check SSH, the host key "
+              "and Python there, then check again."),
 }
 
 
@@ -557,75 +522,92 @@ def _item(check: str, target: str, status: str, explanation: str, lang: str,
             if status in (th.WARNING, th.CRITICAL) else "", **extra}
 
 
-def check_target(t: CheckTarget, opts: CheckOptions, now: datetime, rpo: dict[str, float],
-                 shrink: dict[str, float]) -> dict[str, Any]:
+def check_target(t: CheckTarget, got: dict[str, Any], opts: CheckOptions, now: datetime,
+                 rpo: dict[str, float], shrink: dict[str, float]) -> dict[str, Any]:
+    """The Nagios items of one backup folder from what the probe read there."""
     lang = opts.lang
-    files = _files(t)
-    out: dict[str, Any] = {"name": t.name, "host": t.host, "engine": t.engine,
+    files = got.get("files") or []
+    where = f"{t.host}:{t.folder}" if t.host else str(t.folder)
+    out: dict[str, Any] = {"name": t.name, "host": t.host or "localhost", "engine": t.engine,
                            "folder": str(t.folder), "glob": t.glob,
                            "source": "mhops" if t.ours else "external",
                            "files_count": len(files), "newest": None, "items": []}
     items = out["items"]
+    if got.get("error") and not files:
+        items.append(_item("exists", t.name, th.CRITICAL, f"{where}: {got['error']}", lang,
+                           value=0))
     if not files:
-        items.append(_item("exists", t.name, th.CRITICAL,
-                           f"no backup in {t.folder} matching {t.glob}", lang, value=0))
+        if not items:
+            items.append(_item("exists", t.name, th.CRITICAL,
+                               f"no backup in {where} matching {t.glob}", lang, value=0))
         out["status"] = th.CRITICAL
         return out
     newest = files[-1]
-    age_raw = (now - newest.when).total_seconds() / 3600
+    probed = got.get("newest") or {}
+    when = datetime.fromtimestamp(float(newest["when"]), UTC)
+    age_raw = (now - when).total_seconds() / 3600
     age_h = round(age_raw, 2)
-    out["newest"] = {"file": newest.path.name, "size": newest.size,
-                     "time": records.iso(newest.when.astimezone(UTC).replace(microsecond=0)),
+    manifest = newest.get("manifest")
+    out["newest"] = {"file": newest["file"], "size": newest["size"],
+                     "time": records.iso(when.replace(microsecond=0)),
                      "age_hours": age_h,
-                     "tables": len((newest.manifest or {}).get("tables") or {}) or None}
+                     "compression": (manifest or {}).get("compression"),
+                     "tables_counted": (manifest or {}).get("tables_counted"),
+                     "tables": len((manifest or {}).get("tables") or {}) or None}
     st = age_status(age_raw, rpo["warning"], rpo["critical"])
-    items.append(_item("age", newest.path.name, st,
+    items.append(_item("age", newest["file"], st,
                        f"{age_h} h (RPO {rpo['warning']:g}/{rpo['critical']:g} h)", lang,
                        value=age_h, unit="h", warning=rpo["warning"],
                        critical=rpo["critical"]))
-    st, ratio = size_anomaly(newest.size, [f.size for f in files[:-1]], shrink["warning"],
-                             shrink["critical"], opts.size_window)
-    prev = [f.size for f in files[:-1] if f.size > 0][-opts.size_window:]
-    text = (f"{newest.size} bytes = {ratio:.0%} of the median of the previous {len(prev)} "
+    # Only backups stored the same way compare: switching on compression is no shrink.
+    suffix = newest["file"][len(_probe.stem_of(newest["file"])):]
+    earlier = [f["size"] for f in files[:-1] if f["file"].endswith(suffix)]
+    st, ratio = size_anomaly(newest["size"], earlier, shrink["warning"], shrink["critical"],
+                             opts.size_window)
+    prev = [s for s in earlier if s > 0][-opts.size_window:]
+    text = (f"{newest['size']} bytes = {ratio:.0%} of the median of the previous {len(prev)} "
             f"({int(statistics.median(prev))} bytes)" if ratio is not None
-            else f"{newest.size} bytes; no earlier backup to compare with")
-    items.append(_item("size", newest.path.name, st, text, lang, value=newest.size, unit="B",
+            else f"{newest['size']} bytes; no earlier backup to compare with")
+    items.append(_item("size", newest["file"], st, text, lang, value=newest["size"], unit="B",
                        ratio=None if ratio is None else round(ratio, 3)))
-    sha = _sha256(newest.path) if newest.manifest is not None else None
-    st, why = compare_manifest(newest.manifest, basename=newest.path.name, size=newest.size,
+    sha = probed.get("sha256")
+    st, why = compare_manifest(manifest, basename=newest["file"], size=newest["size"],
                                sha256=sha, ours=t.ours)
-    if newest.manifest_error:
-        st, why = th.CRITICAL, newest.manifest_error
-    items.append(_item("checksum", newest.path.name, st, why, lang, value=sha))
-    engine = t.engine or (newest.manifest or {}).get("engine")
-    st, why = integrity(newest.path, engine, opts.deep)
-    items.append(_item("integrity", newest.path.name, st, why, lang, value=newest.size,
-                       unit="B"))
+    if newest.get("manifest_error"):
+        st, why = th.CRITICAL, newest["manifest_error"]
+    items.append(_item("checksum", newest["file"], st, why, lang, value=sha))
+    integ = probed.get("integrity") or {"status": th.CRITICAL,
+                                        "reason": "the probe did not read the newest backup"}
+    items.append(_item("integrity", newest["file"], integ["status"], integ["reason"], lang,
+                       value=newest["size"], unit="B"))
     out["status"] = th.worst([i["status"] for i in items])
     return out
 
 
-def check_log(path: str, patterns: dict[str, re.Pattern], levels: dict[str, float],
-              tail_bytes: int, lang: str) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        raw = _tail(p, tail_bytes)
-    except OSError as exc:
-        raise MhopsError(f"backup job log cannot be read ({exc.strerror})", path=path) from exc
-    lines = raw.decode("utf-8", errors="replace").splitlines()
-    if p.stat().st_size > tail_bytes and lines:
-        lines = lines[1:]  # the first line of the window is probably cut
-    counts = count_matches(lines, patterns)
-    total = sum(counts.values())
-    st = level_status(total, levels)
-    samples = [ln for ln in lines if any(rx.search(ln) for rx in patterns.values())][-3:]
-    return _item("log", path, st, ", ".join(f"{k}: {v}" for k, v in counts.items())
-                 + f" (last {tail_bytes} bytes)", lang, value=total, warning=levels["warning"],
-                 critical=levels["critical"], samples=samples, counts=counts)
+def _unreachable(t: CheckTarget, error: str, lang: str) -> dict[str, Any]:
+    item = _item("reach", t.host, th.CRITICAL,
+                 f"{t.host}: backups in {t.folder} could not be read: {error}", lang)
+    return {"name": t.name, "host": t.host, "engine": t.engine, "folder": str(t.folder),
+            "glob": t.glob, "source": "mhops" if t.ours else "external", "files_count": 0,
+            "newest": None, "items": [item], "status": th.CRITICAL}
+
+
+def log_item(scan: dict[str, Any], host: str, levels: dict[str, float], tail_bytes: int,
+             lang: str) -> dict[str, Any]:
+    """The Nagios item of a backup job log the probe scanned."""
+    target = f"{host}:{scan['path']}" if host else scan["path"]
+    if scan.get("error"):
+        return _item("log", target, th.CRITICAL, scan["error"], lang, value=None, host=host,
+                     samples=[], counts={})
+    st = level_status(scan["total"], levels)
+    return _item("log", target, st, ", ".join(f"{k}: {v}" for k, v in scan["counts"].items())
+                 + f" (last {tail_bytes} bytes)", lang, value=scan["total"],
+                 warning=levels["warning"], critical=levels["critical"], host=host,
+                 samples=scan["samples"], counts=scan["counts"])
 
 
 def check(opts: CheckOptions) -> records.Outcome:
-    """Check backups of the selected databases and/or external folders; write the record."""
+    """Check backups of the selected databases (on their hosts) and/or local folders."""
     records.labels(opts.lang)
     rpo = _levels(opts.rpo_hours, DEFAULT_RPO_HOURS, "rpo_hours")
     shrink = _levels(opts.size_shrink, DEFAULT_SHRINK, "size_shrink", higher_is_worse=False)
@@ -640,48 +622,89 @@ def check(opts: CheckOptions) -> records.Outcome:
         raise MhopsError(f"backup.size_window must be at least 1, got {opts.size_window}")
     started = records.utc_now()
     now = opts.now or datetime.now(UTC)
-    targets, sources, selection = _targets(opts)
-    log_item = (check_log(opts.log, patterns, log_levels, opts.log_tail_bytes, opts.lang)
-                if opts.log else None)
-    checked = [check_target(t, opts, now, rpo, shrink) for t in targets]
-    statuses = [i["status"] for c in checked for i in c["items"]]
-    if log_item:
-        statuses.append(log_item["status"])
-    events = [{"name": c["name"], **{k: i[k] for k in ("check", "target", "status", "nagios",
-                                                      "explanation", "resolution")}}
+    targets, hosts, selection = _targets(opts)
+    redactor = Redactor(secrets=selection.secrets if selection else frozenset())
+    local = [t for t in targets if not t.host]
+    # Folders on this machine: the probe's code in this process. The log is read here
+    # when no database host is checked (it is the backup job's, which runs on them).
+    here = _probe.probe(_probe_args(local, opts.log if not hosts else None, patterns, opts)) \
+        if local or (opts.log and not hosts) else {"targets": [], "log": None}
+    if opts.log and not hosts and here["log"] and here["log"]["error"]:
+        raise MhopsError(here["log"]["error"], path=opts.log)
+    remote_results = _probe_hosts(targets, hosts, patterns, opts, redactor)
+    local_got = iter(here["targets"])
+    checked, logs = [], []
+    for t in targets:
+        if not t.host:
+            checked.append(check_target(t, next(local_got), opts, now, rpo, shrink))
+            continue
+        res = remote_results.get(t.host) or {"error": "no result"}
+        if "targets" not in res:
+            checked.append(_unreachable(t, res.get("error") or "no result", opts.lang))
+            continue
+        got = next((g for g in res["targets"] if g["name"] == t.name
+                    and g["folder"] == str(t.folder)), {"error": "not probed"})
+        checked.append(check_target(t, got, opts, now, rpo, shrink))
+    if here.get("log"):
+        logs.append(log_item(here["log"], "", log_levels, opts.log_tail_bytes, opts.lang))
+    for h in sorted(remote_results):
+        if remote_results[h].get("log"):
+            logs.append(log_item(remote_results[h]["log"], h, log_levels, opts.log_tail_bytes,
+                                 opts.lang))
+    statuses = [i["status"] for c in checked for i in c["items"]] + [x["status"] for x in logs]
+    events = [{"name": c["name"], "host": c["host"],
+               **{k: i[k] for k in ("check", "target", "status", "nagios",
+                                    "explanation", "resolution")}}
               for c in checked for i in c["items"] if i["status"] in (th.WARNING, th.CRITICAL)]
-    if log_item and log_item["status"] in (th.WARNING, th.CRITICAL):
-        events.append({"name": "log", **{k: log_item[k] for k in (
-            "check", "target", "status", "nagios", "explanation", "resolution")}})
+    events += [{"name": "log", "host": x["host"], **{k: x[k] for k in (
+        "check", "target", "status", "nagios", "explanation", "resolution")}}
+        for x in logs if x["status"] in (th.WARNING, th.CRITICAL)]
     finished = records.utc_now()
+    worst = th.worst(statuses)
     record = {
         "schema_version": SCHEMA_VERSION, "kind": "backup_check",
         "run_id": records.run_id("backup_check", started), "lang": opts.lang,
-        "status": th.worst(statuses), "nagios": NAGIOS[th.worst(statuses)],
-        "exit_code": th.exit_code(statuses),
+        "status": worst, "nagios": NAGIOS[worst], "exit_code": th.exit_code(statuses),
+        "headline": _check_headline(opts.lang, worst, checked, statuses),
         "time": records.time_block(started, finished, opts.timezone),
         "operator": records.operator_name(opts.operator),
-        "scope": {"inventory": sources, "limit": opts.limit,
+        "scope": {"inventory": list(selection.sources) if selection else [],
+                  "limit": opts.limit,
+                  "hosts": sorted(hosts),
                   "targets": [c["name"] for c in checked],
-                  "folders": [c["folder"] for c in checked]},
+                  "folders": [f"{c['host']}:{c['folder']}" if c["source"] == "mhops"
+                              else c["folder"] for c in checked]},
         "settings": {"rpo_hours": rpo, "size_shrink": shrink, "size_window": opts.size_window,
                      "log": opts.log, "log_patterns": {k: v.pattern for k, v in patterns.items()},
                      "log_matches": log_levels, "deep": opts.deep},
+        "probes": {h: {"seconds": r.get("seconds"), "error": r.get("error"),
+                       "unreachable": r.get("unreachable")} for h, r in remote_results.items()},
         "targets": checked,
-        "log": log_item,
-        "summary": {"targets": len(checked),
+        # The worst log alone, as before several hosts' logs were read.
+        "log": next((x for x in logs if x["status"] == th.worst([y["status"] for y in logs])),
+                    None),
+        "logs": logs,
+        "summary": {"targets": len(checked), "hosts": len(hosts),
                     "counts": {s: statuses.count(s) for s in th.STATUSES}},
         "events": events,
         "ops_revision": records.ops_revision(),
     }
-    redactor = Redactor(secrets=selection.secrets if selection else frozenset())
     run_dir = records.write_run(opts.records_dir, "backup_check", record, redactor)
     for c in checked:
         for i in c["items"]:
             opts.echo(f"{i['nagios']:<8} {c['name']} {i['check']}: "
                       f"{redactor.text(i['explanation'])}")
-    if log_item:
-        opts.echo(f"{log_item['nagios']:<8} log {log_item['target']}: {log_item['explanation']}")
+    for x in logs:
+        opts.echo(f"{x['nagios']:<8} log {x['target']}: {redactor.text(x['explanation'])}")
     opts.echo(f"BACKUP {record['nagios']} (exit {record['exit_code']})")
     opts.echo(str(run_dir))
     return records.Outcome(record["exit_code"], run_dir, record)
+
+
+def _check_headline(lang: str, worst: str, checked: list[dict], statuses: list[str]) -> str:
+    bad = sum(s in (th.WARNING, th.CRITICAL) for s in statuses)
+    if lang == "zh-CN":
+        return (f"备份检查：{len(checked)} 个备份位置，{NAGIOS[worst]}"
+                + (f"，{bad} 项异常" if bad else "，全部正常"))
+    return (f"Backup check: {len(checked)} backup location(s), {NAGIOS[worst]}"
+            + (f", {bad} item(s) abnormal" if bad else ", all OK"))

@@ -107,6 +107,8 @@ class Instance:
     proc: subprocess.Popen | None = None
     version: str = ""
     steps: dict[str, float] = field(default_factory=dict)
+    # Extra server options (e.g. a preloaded library for a test); none for drills.
+    extra_args: tuple[str, ...] = ()
 
     # ------------------------------------------------------------ paths
 
@@ -194,6 +196,7 @@ class Instance:
                 if os.geteuid() == 0:
                     argv.append("--user=mysql")
                 kw = {}
+            argv += list(self.extra_args)
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=out, env=clean_env(), cwd=self.root,
                                          start_new_session=True, **kw)
@@ -315,6 +318,8 @@ class Instance:
         argv.remove("--quick")
         if fmt == "sql.gz":
             err = _feed_gzip(argv, dump)
+        elif fmt == "sql.zst":
+            err = _feed_zstd(argv, dump)
         else:
             with open(dump, "rb") as fh:
                 res = subprocess.run(argv, stdin=fh, capture_output=True, env=clean_env())
@@ -345,6 +350,23 @@ def _feed_gzip(argv: list[str], dump: Path) -> tuple[int, str]:
     stderr = proc.stderr.read().decode(errors="replace")
     rc = proc.wait()
     return (rc or (1 if failure else 0), failure or stderr)
+
+
+def _feed_zstd(argv: list[str], dump: Path) -> tuple[int, str]:
+    """zstd -dc into the client; both must exit 0 (a cut frame fails the restore)."""
+    unzip = subprocess.Popen(["zstd", "-q", "-d", "-c", str(dump)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=clean_env())
+    client = subprocess.Popen(argv, stdin=unzip.stdout, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=clean_env())
+    unzip.stdout.close()
+    client_err = client.stderr.read().decode(errors="replace")
+    unzip_err = unzip.stderr.read().decode(errors="replace")
+    unzip_rc, client_rc = unzip.wait(), client.wait()
+    if unzip_rc:
+        if client_rc == 0:
+            client_rc = 1
+        return client_rc, f"decompressing {dump.name}: zstd exit {unzip_rc}: {unzip_err}"
+    return client_rc, client_err
 
 
 class _quiet:
