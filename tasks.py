@@ -422,6 +422,144 @@ def test(c, pytest_args="", lint=True):
         c.run(f"{bindir}/python -m pytest {pytest_args}", pty=False)
 
 
+def _settings(pairs) -> dict:
+    """--set key=value pairs; values read as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    from mhops.errors import MhopsError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MhopsError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _incident_hook():
+    """The incident store's attach_to_incident(incident_id, record), once it exists."""
+    import importlib
+
+    for name in ("mhops.incident", "mhops.incidents"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "attach_to_incident"):
+            return module.attach_to_incident
+    return None
+
+
+@task(
+    positional=["name"],
+    iterable=["inventory", "set"],
+    help={
+        "name": "runbook id (invoke kb.list shows them)",
+        "host": "inventory host (or pattern matching exactly one host)",
+        "yes": "run every change without asking",
+        "check": "diagnose only; no change is run",
+        "incident": "incident number to attach the run's steps and outputs to",
+        "set": "override a runbook setting: key=value (repeatable, value as YAML)",
+        "inventory": "inventory file or folder (repeatable); default runbook.inventory",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def runbook(c, name, host=None, yes=False, check=False, incident=None, set=None,
+            inventory=None, lang=None, operator=None):
+    """Run a fault runbook on one host: diagnose, remediate (confirmed), verify, record."""
+    from mhops import runbook as runbooks
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.runbook, c.config.mhops
+    with _exits():
+        if not host:
+            raise MhopsError("--host is required")
+        outcome = runbooks.run(runbooks.Options(
+            name=name, host=host,
+            inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+            records_dir=_path(m.records_dir), state_dir=_path(m.state_dir),
+            yes=yes, check=check, settings=_settings(set),
+            incident=int(incident) if incident is not None else None,
+            attach_to_incident=_incident_hook(),
+            connect_timeout=int(cfg.connect_timeout),
+            command_timeout=int(cfg.command_timeout),
+            inspections_dir=_path(cfg.inspections_dir or m.records_dir),
+            runbooks_dir=_path(cfg.runbooks_dir),
+            lang=lang or m.lang, operator=operator or m.operator, timezone=m.timezone,
+            vault_password_file=m.vault_password_file or None))
+    _exit_with(outcome)
+
+
+@task(help={"lang": "zh-CN (default) or en",
+            "dir": "runbook folder (default runbook.runbooks_dir)"})
+def kb_list(c, lang=None, dir=None):
+    """List the knowledge base: every runbook with its classification and review date."""
+    from mhops import kb
+
+    with _exits():
+        lines = kb.list_lines(_path(dir or c.config.runbook.runbooks_dir),
+                              lang or c.config.mhops.lang)
+    print("\n".join(lines))
+
+
+@task(positional=["id"], help={"id": "runbook / knowledge-base id", "lang": "zh-CN or en",
+                               "dir": "runbook folder"})
+def kb_show(c, id, lang=None, dir=None):
+    """Show one knowledge-base entry."""
+    from mhops import kb
+
+    with _exits():
+        print(kb.show(id, _path(dir or c.config.runbook.runbooks_dir),
+                      lang or c.config.mhops.lang))
+
+
+@task(positional=["words"], help={"words": "search words, Chinese or English (quote them)",
+                                  "lang": "zh-CN or en", "dir": "runbook folder"})
+def kb_search(c, words, lang=None, dir=None):
+    """Search the knowledge base (Chinese by character bigrams, English by words)."""
+    from mhops import kb
+
+    lang = lang or c.config.mhops.lang
+    with _exits():
+        hits = kb.search(words, _path(dir or c.config.runbook.runbooks_dir))
+    for score, b in hits:
+        print(f"{b.id:<18} {b.title(lang)}  ({score})")
+    if not hits:
+        raise Exit("no entry matches", code=1)
+
+
+@task(help={"dir": "runbook folder (default runbook.runbooks_dir)"})
+def kb_check(c, dir=None):
+    """Check the knowledge base: reviewed within 183 days, fields present, steps match."""
+    from mhops import kb
+
+    with _exits():
+        result = kb.check(_path(dir or c.config.runbook.runbooks_dir))
+    for key, problems in result.problems.items():
+        print(f"{'FAIL' if problems else 'OK  '} {key}")
+        for p in problems:
+            print(f"     - {p}")
+    if result.exit_code:
+        raise Exit(f"kb.check: {sum(map(bool, result.problems.values()))} of "
+                   f"{result.checked} entries need attention", code=result.exit_code)
+
+
+@task(help={"lang": "zh-CN (default) or en", "operator": "执行人", "dir": "runbook folder"})
+def kb_export(c, lang=None, operator=None, dir=None):
+    """Write the knowledge base as the FAQ document (常见问题文档), Markdown + HTML."""
+    from mhops import kb
+
+    m = c.config.mhops
+    with _exits():
+        outcome = kb.export(kb.ExportOptions(
+            records_dir=_path(m.records_dir),
+            runbooks_dir=_path(dir or c.config.runbook.runbooks_dir),
+            lang=lang or m.lang, operator=operator or m.operator, timezone=m.timezone))
+    print(outcome.record_dir)
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -433,4 +571,10 @@ demo = Collection("demo")
 demo.add_task(demo_seed_db, "seed-db")
 db = Collection("db")
 db.add_task(db_maintain, "maintain")
-ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf)
+kb = Collection("kb")
+kb.add_task(kb_list, "list")
+kb.add_task(kb_show, "show")
+kb.add_task(kb_search, "search")
+kb.add_task(kb_check, "check")
+kb.add_task(kb_export, "export")
+ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, runbook, kb)
