@@ -310,3 +310,150 @@ def test_record_files_render(tmp_path):
         assert key in rec
     assert "diagnose_top_processes" in (out.record_dir / "record.md").read_text()
     assert "<h1>" in (out.record_dir / "record.html").read_text()
+
+
+# ------------------------------------------------------------------ db-connections
+
+DB = "mhk_rb_conn"
+
+
+def _pg(database="postgres"):
+    import psycopg2
+
+    return psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=database,
+                            application_name="mhk_rb_test")
+
+
+def _my(database=None):
+    import pymysql
+
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", database=database)
+
+
+@pytest.fixture
+def idle_sessions():
+    admin = _pg()
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB}")
+        cur.execute(f"CREATE DATABASE {DB}")
+    my_admin = _my()
+    with my_admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB}")
+        cur.execute(f"CREATE DATABASE {DB}")
+        cur.execute(f"CREATE TABLE {DB}.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+    pg = _pg(DB)
+    with pg.cursor() as cur:  # leaves the session idle in a transaction
+        cur.execute("SELECT 1")
+    my = _my(DB)
+    with my.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO t VALUES (1)")
+    time.sleep(1.5)
+    yield {"postgresql": pg, "mariadb": my}
+    for conn in (pg, my):
+        try:
+            conn.close()
+        except Exception:
+            pass
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    admin.close()
+    with my_admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {DB}")
+    my_admin.close()
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_db_connections_terminates_idle_transactions_only_when_confirmed(
+        tmp_path, lab, idle_sessions, engine):
+    settings = {"db-connections": {"engine": engine, "databases": [DB],
+                                   "idle_minutes": 0.01}}
+    inv = _inventory(tmp_path, lab, settings)
+    declined = _run(tmp_path, inv, "db-connections", confirm=lambda prompt: False)
+    assert declined.record["outcome"] == "not_confirmed"
+    idle = next(s for s in declined.record["steps"]
+                if s["step"] == "diagnose_idle_transactions")["data"]["sessions"]
+    assert len(idle) == 1 and idle[0]["db"] == DB
+    conn = idle_sessions[engine]
+    with conn.cursor() as cur:  # still alive: nothing was terminated
+        cur.execute("SELECT 1")
+    time.sleep(1.5)
+    out = _run(tmp_path, inv, "db-connections", yes=True)
+    assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
+    assert out.record["steps"][-1]["data"]["remaining"] == []
+    import psycopg2
+    import pymysql
+
+    with pytest.raises((psycopg2.Error, pymysql.Error)), conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+
+
+# ------------------------------------------------------------------ inspection link
+
+def test_inspection_disk_finding_names_the_runbook_for_its_host(tmp_path, lab):
+    from mhops import inspect
+
+    inv = tmp_path / "inv"
+    (inv / "group_vars").mkdir(parents=True)
+    lab.write_inventory(inv / "hosts.yml")
+    (inv / "group_vars" / "all.yml").write_text(yaml.safe_dump({
+        "mhops_inspect_system_logs": "none", "mhops_inspect_ports_allowed": ["1-65535"],
+        "mhops_inspect_thresholds": {"disk_percent": {"warning": 0.001, "critical": 100}}}))
+    out = inspect.run(inspect.Options(inventory=[str(inv)], records_dir=tmp_path / "records",
+                                      state_dir=tmp_path / "state", echo=lambda s: None))
+    disk = [e for e in out.record["events"] if e["check"] == "disk_percent"]
+    assert disk and all("invoke runbook disk-full --host rb1" in e["resolution"] for e in disk)
+
+
+# ------------------------------------------------------------------ payment-callback, high-load
+
+def test_payment_callback_restarts_unhealthy_endpoint_on_localhost(tmp_path):
+    port = _free_port()
+    log, pidfile = tmp_path / "notify.log", tmp_path / "notify.pid"
+    log.write_text("INFO notify ok order=20261128000001\n"
+                   f"ERROR wechat notify invalid sign order=20261128000002 id={FAKE_ID}\n"
+                   "ERROR alipay notify timed out order=20261128000003\n")
+    start = (f"cd {tmp_path}; setsid {sys.executable} -m http.server {port} --bind 127.0.0.1 "
+             f">/dev/null 2>&1 </dev/null & echo $! > {pidfile}")
+    settings = {"payment-callback": {"log": str(log), "health_url": f"http://127.0.0.1:{port}/",
+                                     "restart": start}}
+    inv = _inventory(tmp_path, None, settings, local=True)
+    try:
+        out = _run(tmp_path, inv, "payment-callback", host="localhost", yes=True)
+        steps = {s["step"]: s for s in out.record["steps"]}
+        assert steps["diagnose_callback_errors"]["data"]["errors"] == 2
+        assert steps["diagnose_endpoint"]["status"] == "critical"
+        assert abs(steps["diagnose_clock"]["data"]["offset_ms"]) < 1000
+        assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
+        assert steps["verify_callback_healthy"]["data"]["code"] == "200"
+        no_leak([out.record_dir], FAKE_ID)
+    finally:
+        _kill_pidfile(pidfile)
+
+
+def test_high_load_reads_the_trend_from_inspection_records(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    folder = tmp_path / "inspections"
+    now = datetime.now(UTC).replace(microsecond=0)
+    for i in range(5):
+        when = now - timedelta(days=4 - i)
+        stamp = when.isoformat().replace("+00:00", "Z")
+        run = folder / f"{when:%Y%m%dT%H%M%SZ}-inspection"
+        run.mkdir(parents=True)
+        (run / "record.json").write_text(json.dumps({
+            "kind": "inspection", "time": {"started_utc": stamp},
+            "hosts": [{"host": "localhost", "reachable": True, "collected_at": stamp,
+                       "results": [{"check": "load_per_core", "value": 0.5 + 0.25 * i},
+                                   {"check": "cpu_percent", "value": 40 + 10 * i}]}]}))
+    inv = _inventory(tmp_path, None, {"high-load": {"warning_per_core": 0.0}}, local=True)
+    out = _run(tmp_path, inv, "high-load", host="localhost", check=True,
+               inspections_dir=folder)
+    trend = next(s for s in out.record["steps"] if s["step"] == "diagnose_trend")["data"]
+    assert trend["records"] == 5
+    assert trend["load"]["per_week"] == pytest.approx(1.75, abs=0.05)
+    assert trend["cpu"]["per_week"] == pytest.approx(70, abs=1)
+    top = next(s for s in out.record["steps"] if s["step"] == "diagnose_top_processes")
+    assert top["data"]["processes"]
