@@ -457,3 +457,52 @@ def test_high_load_reads_the_trend_from_inspection_records(tmp_path):
     assert trend["cpu"]["per_week"] == pytest.approx(70, abs=1)
     top = next(s for s in out.record["steps"] if s["step"] == "diagnose_top_processes")
     assert top["data"]["processes"]
+
+
+# ------------------------------------------------------------------ queue-backlog: RabbitMQ
+
+AMQP_QUEUE = f"mhk_rb_queue_{os.getpid()}"
+
+
+def _amqp():
+    pika = pytest.importorskip("pika")
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", 5672, credentials=pika.PlainCredentials("guest", "guest")))
+
+
+@pytest.fixture
+def amqp_backlog(tmp_path):
+    conn = _amqp()
+    ch = conn.channel()
+    ch.queue_delete(AMQP_QUEUE)
+    ch.queue_declare(AMQP_QUEUE)
+    for i in range(300):
+        ch.basic_publish("", AMQP_QUEUE, f"notice {i}".encode())
+    conn.close()
+    pidfile, script = tmp_path / "amqp.pid", tmp_path / "consumer.py"
+    script.write_text(
+        "import pika\n"
+        "c = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1', 5672))\n"
+        "ch = c.channel()\n"
+        f"ch.basic_consume({AMQP_QUEUE!r}, lambda ch, m, p, b: None, auto_ack=True)\n"
+        "ch.start_consuming()\n")
+    consumer = {"name": "amqp-consumer", "pidfile": str(pidfile),
+                "start": f"setsid {sys.executable} {script} >/dev/null 2>&1 </dev/null & "
+                         f"echo $! > {pidfile}"}
+    yield {"rabbitmq_queues": [AMQP_QUEUE], "warning": 100, "critical": 100000,
+           "consumers": [consumer], "drain_timeout": 60}
+    _kill_pidfile(pidfile)
+    conn = _amqp()
+    conn.channel().queue_delete(AMQP_QUEUE)
+    conn.close()
+
+
+def test_queue_backlog_rabbitmq_depth_and_consumers_over_ssh(tmp_path, lab, amqp_backlog):
+    inv = _inventory(tmp_path, lab, {"queue-backlog": amqp_backlog})
+    checked = _run(tmp_path, inv, "queue-backlog", check=True)
+    rabbit = next(s for s in checked.record["steps"] if s["step"] == "diagnose_rabbitmq")
+    assert rabbit["status"] == "critical"  # 300 waiting, no consumer
+    assert rabbit["data"]["queues"][AMQP_QUEUE] == {"messages": 300, "consumers": 0}
+    out = _run(tmp_path, inv, "queue-backlog", yes=True)
+    assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
+    assert out.record["steps"][-1]["data"]["lengths"][f"amqp:{AMQP_QUEUE}"] < 100

@@ -167,3 +167,11 @@ def _meta(**kw):
             "owner": "ops", "reviewed": "2026-11-28"}
     meta.update(kw)
     return meta
+
+
+def test_cli_unknown_runbook_and_kb_id_exit_3():
+    invoke = str(Path(sys.executable).parent / "invoke")
+    for args in (["runbook", "disk-ful", "--host", "localhost"], ["kb.show", "nope"]):
+        res = subprocess.run([invoke, *args], cwd=REPO, capture_output=True, text=True)
+        assert res.returncode == 3, res.stderr
+        assert "valid: db-connections, disk-full, high-load" in res.stderr
