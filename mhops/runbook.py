@@ -152,12 +152,17 @@ class _Recorder:
         self._run, self._conn, self._refuse = run, conn, refuse
 
     def run(self, command: str, **kw):
+        self._guard()
+        return self._run.execute(command, **kw)
+
+    def _guard(self) -> None:
         if self._refuse:
             raise CheckModeRefused("check mode: a remediation step may change the host only "
                                    "through rb.change()")
-        return self._run.execute(command, **kw)
 
     def __getattr__(self, name: str):
+        if name in ("sudo", "put", "local", "shell"):
+            self._guard()
         return getattr(self._conn, name)
 
 

@@ -506,3 +506,15 @@ def test_queue_backlog_rabbitmq_depth_and_consumers_over_ssh(tmp_path, lab, amqp
     out = _run(tmp_path, inv, "queue-backlog", yes=True)
     assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
     assert out.record["steps"][-1]["data"]["lengths"][f"amqp:{AMQP_QUEUE}"] < 100
+
+
+def test_database_password_never_shown_or_written(tmp_path, lab):
+    password = "Planted-Pw-5e4d3c2b"  # PostgreSQL here trusts loopback: any password works
+    settings = {"db-connections": {"engine": "postgresql", "password": password,
+                                   "databases": ["mhk_rb_none"], "usage_warning": 0.0}}
+    inv = _inventory(tmp_path, lab, settings)
+    out = _run(tmp_path, inv, "db-connections", check=True)
+    assert out.record["steps"][0]["commands"][0]["exit"] == 0
+    assert out.exit_code == 1
+    no_leak([out.record_dir], password)
+    assert not any(password in ln for ln in out.lines)
