@@ -367,8 +367,9 @@ def idle_sessions():
 @pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
 def test_db_connections_terminates_idle_transactions_only_when_confirmed(
         tmp_path, lab, idle_sessions, engine):
-    settings = {"db-connections": {"engine": engine, "databases": [DB],
-                                   "idle_minutes": 0.01}}
+    # Other suites share these servers: their connection count must not decide the outcome.
+    settings = {"db-connections": {"engine": engine, "databases": [DB], "idle_minutes": 0.01,
+                                   "usage_warning": 101, "usage_critical": 101}}
     inv = _inventory(tmp_path, lab, settings)
     declined = _run(tmp_path, inv, "db-connections", confirm=lambda prompt: False)
     assert declined.record["outcome"] == "not_confirmed"
@@ -380,7 +381,8 @@ def test_db_connections_terminates_idle_transactions_only_when_confirmed(
         cur.execute("SELECT 1")
     time.sleep(1.5)
     out = _run(tmp_path, inv, "db-connections", yes=True)
-    assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
+    assert (out.record["outcome"], out.exit_code) == ("resolved", 0), (out.lines,
+                                                                        out.record["steps"])
     assert out.record["steps"][-1]["data"]["remaining"] == []
     import psycopg2
     import pymysql
@@ -511,7 +513,8 @@ def test_queue_backlog_rabbitmq_depth_and_consumers_over_ssh(tmp_path, lab, amqp
 def test_database_password_never_shown_or_written(tmp_path, lab):
     password = "Planted-Pw-5e4d3c2b"  # PostgreSQL here trusts loopback: any password works
     settings = {"db-connections": {"engine": "postgresql", "password": password,
-                                   "databases": ["mhk_rb_none"], "usage_warning": 0.0}}
+                                   "databases": ["mhk_rb_none"], "usage_warning": 0.0,
+                                   "usage_critical": 101}}
     inv = _inventory(tmp_path, lab, settings)
     out = _run(tmp_path, inv, "db-connections", check=True)
     assert out.record["steps"][0]["commands"][0]["exit"] == 0
