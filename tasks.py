@@ -466,8 +466,8 @@ def _incident_hook():
         "operator": "执行人 written in the record",
     },
 )
-def runbook(c, name, host=None, yes=False, check=False, incident=None, set=None,
-            inventory=None, lang=None, operator=None):
+def runbook(c, name, host=None, inventory=None, yes=False, check=False, set=None,
+            incident=None, lang=None, operator=None):
     """Run a fault runbook on one host: diagnose, remediate (confirmed), verify, record."""
     from mhops import runbook as runbooks
     from mhops.errors import MhopsError
@@ -476,6 +476,8 @@ def runbook(c, name, host=None, yes=False, check=False, incident=None, set=None,
     with _exits():
         if not host:
             raise MhopsError("--host is required")
+        if incident is not None and not str(incident).isdigit():
+            raise MhopsError(f"--incident {incident!r}: expected an incident number")
         outcome = runbooks.run(runbooks.Options(
             name=name, host=host,
             inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],

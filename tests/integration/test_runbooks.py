@@ -521,3 +521,39 @@ def test_database_password_never_shown_or_written(tmp_path, lab):
     assert out.exit_code == 1
     no_leak([out.record_dir], password)
     assert not any(password in ln for ln in out.lines)
+
+
+def test_queue_backlog_reads_redis_stream_and_groups(tmp_path, lab):
+    key = f"{KEY}:stream"
+    _redis("DEL", key)
+    try:
+        for i in range(150):
+            _redis("XADD", key, "*", "notice", str(i))
+        _redis("XGROUP", "CREATE", key, "senders", "0")
+        settings = {"queue-backlog": {"streams": [key], "warning": 100, "critical": 1000}}
+        out = _run(tmp_path, _inventory(tmp_path, lab, settings), "queue-backlog", check=True)
+        step = out.record["steps"][0]
+        assert step["status"] == "warning" and step["data"]["lengths"][key] == 150
+        assert step["data"]["groups"][key][0]["name"] == "senders"
+        assert out.exit_code == 1 and out.record["outcome"] == "diagnosed"
+    finally:
+        _redis("DEL", key)
+
+
+def test_cli_without_terminal_or_yes_confirms_nothing(tmp_path):
+    cert = tmp_path / "gw.pem"
+    subprocess.run(_cert(cert, 3), shell=True, check=True)
+    before = cert.read_bytes()
+    inv = _inventory(tmp_path, None, {"tls-expiry": {"cert_files": [str(cert)],
+                                                     "renew": _cert(cert, 90)}}, local=True)
+    env = dict(os.environ, INVOKE_MHOPS_RECORDS_DIR=str(tmp_path / "records"),
+               INVOKE_MHOPS_STATE_DIR=str(tmp_path / "state"))
+    repo = Path(__file__).resolve().parents[2]
+    res = subprocess.run([str(Path(sys.executable).parent / "invoke"), "runbook", "tls-expiry",
+                          "--host", "localhost", "-i", str(inv), "--lang", "en"],
+                         cwd=repo, env=env, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "not confirmed" in res.stdout
+    assert cert.read_bytes() == before
+    assert len(list((tmp_path / "records").glob("*-runbook"))) == 1
