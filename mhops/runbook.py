@@ -416,9 +416,15 @@ def run(opts: Options) -> records.Outcome:
     clean = redactor.obj(record)
     rb.show(f"{clean['headline']} (exit {clean['exit_code']})")
     opts.echo(str(run_dir))
+    code = record["exit_code"]
     if opts.incident is not None:
-        opts.attach_to_incident(opts.incident, clean)
-    return records.Outcome(record["exit_code"], run_dir, record)
+        try:
+            opts.attach_to_incident(opts.incident, clean)
+        except Exception as exc:  # the run happened and is recorded; say what is missing
+            rb.show(f"error: the run is recorded in {run_dir} but attaching it to incident "
+                    f"{opts.incident} failed: {type(exc).__name__}: {exc}")
+            code = max(code, th.EXIT_WARNING)
+    return records.Outcome(code, run_dir, record)
 
 
 def _phases(rb: Run, host: Host, opts: Options) -> tuple[str, str | None]:

@@ -557,3 +557,16 @@ def test_cli_without_terminal_or_yes_confirms_nothing(tmp_path):
     assert "not confirmed" in res.stdout
     assert cert.read_bytes() == before
     assert len(list((tmp_path / "records").glob("*-runbook"))) == 1
+
+
+def test_failing_incident_hook_keeps_the_record(tmp_path):
+    inv = _inventory(tmp_path, None, {"high-load": {"warning_per_core": 1000,
+                                                    "critical_per_core": 1000}}, local=True)
+
+    def broken(n, rec):
+        raise RuntimeError("incident store locked")
+
+    out = _run(tmp_path, inv, "high-load", host="localhost", check=True, incident=3,
+               attach_to_incident=broken)
+    assert out.exit_code == 1 and out.record_dir.is_dir()
+    assert any("incident 3 failed" in ln for ln in out.lines)
