@@ -26,11 +26,16 @@ def _usable(folder: Path | None) -> list[Runbook]:
     return [b for b in load_all(folder).values() if not b.error]
 
 
+def _dict(value: Any) -> dict:
+    """A metadata field that should be a mapping; kb.check reports it when it is not."""
+    return value if isinstance(value, dict) else {}
+
+
 def list_lines(folder: Path | None = None, lang: str = "zh-CN") -> list[str]:
     """One line per entry: id, title, classification, reviewed date."""
     out = []
     for b in _usable(folder):
-        cls = b.meta.get("classification") or {}
+        cls = _dict(b.meta.get("classification"))
         out.append(f"{b.id:<18} {b.title(lang)}  [{cls.get('scope')}/{cls.get('type')}/"
                    f"{cls.get('severity')}]  reviewed {b.meta.get('reviewed')}")
     return out
@@ -40,12 +45,12 @@ def entry(b: Runbook, lang: str) -> dict[str, Any]:
     """An entry as the FAQ and `kb.show` present it, in one language."""
     m = b.meta
     return {"id": b.id, "title": b.title(lang),
-            "symptoms": list((m.get("symptoms") or {}).get(lang) or []),
-            "classification": dict(m.get("classification") or {}),
+            "symptoms": list(_dict(m.get("symptoms")).get(lang) or []),
+            "classification": _dict(m.get("classification")),
             **{phase: [s[lang] for s in kbmeta.steps(m, phase)] for phase in kbmeta.PHASES},
             "owner": m.get("owner"), "reviewed": str(m.get("reviewed")),
             "command": f"invoke runbook {b.id} --host <host>",
-            "settings": sorted(m.get("settings") or {})}
+            "settings": sorted(_dict(m.get("settings")))}
 
 
 def show(runbook_id: str, folder: Path | None = None, lang: str = "zh-CN") -> str:

@@ -45,9 +45,11 @@ def parse_date(text: Any) -> date | None:
 def steps(meta: dict[str, Any], phase: str) -> list[dict[str, str]]:
     """A phase's steps as ``{"step", "zh-CN", "en"}`` from the ``(name, zh, en)`` tuples."""
     out = []
-    for item in meta.get(phase) or []:
-        name, zh, en = (list(item) + ["", "", ""])[:3]
-        out.append({"step": str(name), "zh-CN": str(zh), "en": str(en)})
+    items = meta.get(phase)
+    for item in items if isinstance(items, (list, tuple)) else []:
+        parts = list(item) if isinstance(item, (list, tuple)) else [item]
+        name, zh, en = ([str(x or "") for x in parts] + ["", "", ""])[:3]
+        out.append({"step": name, "zh-CN": zh, "en": en})
     return out
 
 
@@ -70,8 +72,9 @@ def problems(meta: Any, functions: list[str], *, stem: str, today: date) -> list
             out.append(f"{key} needs both zh-CN and en")
     cls = meta.get("classification")
     if cls:
+        cls = cls if isinstance(cls, dict) else {}
         for axis, valid in (("scope", SCOPES), ("type", TYPES), ("severity", SEVERITIES)):
-            if (cls or {}).get(axis) not in valid:
+            if cls.get(axis) not in valid:
                 out.append(f"classification.{axis} {cls.get(axis)!r} is not one of "
                            f"{', '.join(valid)}")
     if meta.get("reviewed"):
@@ -83,6 +86,9 @@ def problems(meta: Any, functions: list[str], *, stem: str, today: date) -> list
                        f"(more than {REVIEW_MAX_DAYS}): review the entry")
         elif reviewed > today:
             out.append(f"reviewed {reviewed} lies in the future")
+    for phase in PHASES:
+        if meta.get(phase) and not isinstance(meta[phase], (list, tuple)):
+            out.append(f"{phase} must be a list of (function, zh-CN, en)")
     out.extend(_step_problems(meta, functions))
     return out
 
@@ -130,13 +136,15 @@ def searchable(meta: dict[str, Any]) -> str:
     """All text of an entry a search looks at, in both languages."""
     parts = [str(meta.get("id", "")), str(meta.get("owner", ""))]
     for key in ("title", "symptoms"):
+        value = meta.get(key)
         for lang in LANGS:
-            v = (meta.get(key) or {}).get(lang, "")
-            parts.extend(v if isinstance(v, list) else [v])
+            v = value.get(lang, "") if isinstance(value, dict) else ""
+            parts.extend(map(str, v) if isinstance(v, list) else [str(v)])
     for phase in PHASES:
         for s in steps(meta, phase):
             parts.extend([s["step"], s["zh-CN"], s["en"]])
-    parts.extend(str(v) for v in (meta.get("classification") or {}).values())
+    cls = meta.get("classification")
+    parts.extend(str(v) for v in (cls.values() if isinstance(cls, dict) else []))
     return "\n".join(parts).lower()
 
 

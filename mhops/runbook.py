@@ -62,7 +62,8 @@ class Runbook:
         return str(self.meta.get("id") or self.stem.replace("_", "-"))
 
     def title(self, lang: str) -> str:
-        return str((self.meta.get("title") or {}).get(lang, self.id))
+        title = self.meta.get("title")
+        return str(title.get(lang, self.id) if isinstance(title, dict) else self.id)
 
 
 def load_all(folder: Path | None = None) -> dict[str, Runbook]:

@@ -175,3 +175,20 @@ def test_cli_unknown_runbook_and_kb_id_exit_3():
         res = subprocess.run([invoke, *args], cwd=REPO, capture_output=True, text=True)
         assert res.returncode == 3, res.stderr
         assert "valid: db-connections, disk-full, high-load" in res.stderr
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=12)
+
+
+@given(st.dictionaries(st.sampled_from([*kbmeta.REQUIRED, "settings", "other"]), _json,
+                       max_size=10),
+       st.lists(st.sampled_from(["diagnose_a", "remediate_b", "verify_c", "diagnose_z"]),
+                max_size=4))
+def test_metadata_check_never_crashes_and_always_explains(meta, functions):
+    out = kbmeta.problems(meta, functions, stem="x_y", today=date(2026, 11, 28))
+    kbmeta.score(kbmeta.searchable(meta), "磁盘 disk")
+    assert all(isinstance(p, str) and p for p in out)
+    if any(meta.get(k) in (None, "", [], {}) for k in kbmeta.REQUIRED):
+        assert any(p.startswith("missing field") for p in out)
