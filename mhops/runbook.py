@@ -225,6 +225,19 @@ class Run:
             self._testinfra = testinfra_host(self.host_entry, self.selection.sources)
         return self._testinfra
 
+    def probe(self, command: str):
+        """A read-only command through Testinfra (verification), bounded and recorded."""
+        limit = self.opts.command_timeout
+        started = time.monotonic()
+        res = self.testinfra.run(f"timeout -k {KILL_GRACE} {limit} sh -c "
+                                 f"{shlex.quote(command)}")
+        if self._current is not None:
+            self._current["commands"].append({
+                "command": f"[testinfra] {command}", "exit": res.rc, "stdout": _cut(res.stdout),
+                "stderr": _cut(res.stderr), "seconds": round(time.monotonic() - started, 2),
+                "error": f"timed out after {limit} s" if res.rc in (124, 137) else None})
+        return res
+
     def inspections(self, days: float) -> dict[str, Any]:
         """This host's points from the inspection records of the last `days` days."""
         from mhops import perf, trends

@@ -87,7 +87,7 @@ def _client(rb, sql: str) -> str:
 
 
 def query(run, rb, sql: str):
-    """One JSON value from the database; `run` is c.run or Testinfra's host.run."""
+    """One JSON value from the database; `run` is c.run or rb.probe (Testinfra)."""
     res = run(_client(rb, sql))
     code = getattr(res, "exited", getattr(res, "rc", 1))
     if code != 0:
@@ -177,14 +177,14 @@ def remediate_terminate_idle(c, rb):
 
 
 def verify_sessions_gone(c, rb):
-    s, host = rb.settings, rb.testinfra
+    s = rb.settings
     gone = set(rb.facts.get("terminated", []))
     state: dict = {}
 
     def settled() -> bool:
-        live = {int(r["pid"]) for r in idle_sessions(host.run, rb)}
+        live = {int(r["pid"]) for r in idle_sessions(rb.probe, rb)}
         state["remaining"] = sorted(live & gone)
-        state["usage"] = _usage(host.run, rb)
+        state["usage"] = _usage(rb.probe, rb)
         return not state["remaining"]
 
     ok = rb.wait(settled, 15, 0.5)

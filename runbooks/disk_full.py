@@ -130,8 +130,7 @@ def remediate_remove_temp(c, rb):
 
 def verify_space_freed(c, rb):
     s, before = rb.settings, rb.facts["before"]
-    host = rb.testinfra
-    out = host.check_output(f"df -P -k {rb.quote(s['mount'])} | tail -n 1").split()
+    out = rb.probe(f"df -P -k {rb.quote(s['mount'])} | tail -n 1").stdout.split()
     used, avail = int(out[2]) * 1024, int(out[3]) * 1024
     percent = round(100.0 * used / max(1, used + avail), 1)
     freed = before["used"] - used

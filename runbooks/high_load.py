@@ -106,11 +106,11 @@ def remediate_renice(c, rb):
 
 
 def verify_load(c, rb):
-    s, host = rb.settings, rb.testinfra
+    s = rb.settings
     state: dict = {}
 
     def calm() -> bool:
-        state.update(load_per_core(host.run))
+        state.update(load_per_core(rb.probe))
         return state["per_core"] < s["warning_per_core"]
 
     ok = rb.wait(calm, s["settle_seconds"], 5.0)

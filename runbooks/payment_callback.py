@@ -127,13 +127,13 @@ def remediate_restart_service(c, rb):
 
 
 def verify_callback_healthy(c, rb):
-    s, host = rb.settings, rb.testinfra
+    s = rb.settings
     state: dict = {}
 
     def healthy() -> bool:
-        state["offset_ms"] = clock_offset_ms(host.run)
+        state["offset_ms"] = clock_offset_ms(rb.probe)
         if s["health_url"]:
-            state["code"], state["seconds"] = _health(host.run, rb.quote(s["health_url"]))
+            state["code"], state["seconds"] = _health(rb.probe, rb.quote(s["health_url"]))
         return (not s["health_url"] or state["code"].startswith("2")) and \
             abs(state["offset_ms"]) < s["clock_warning_ms"]
 

@@ -167,13 +167,13 @@ def remediate_restart_consumers(c, rb):
 
 
 def verify_drained(c, rb):
-    s, host = rb.settings, rb.testinfra
+    s = rb.settings
     state: dict = {}
 
     def drained() -> bool:
-        lengths = redis_lengths(host.run, rb) if (s["lists"] or s["streams"]) else {}
+        lengths = redis_lengths(rb.probe, rb) if (s["lists"] or s["streams"]) else {}
         state["lengths"] = lengths
-        state["consumers"] = {k["name"]: _running(host.run, rb, k) for k in s["consumers"]}
+        state["consumers"] = {k["name"]: _running(rb.probe, rb, k) for k in s["consumers"]}
         if s["rabbitmq_queues"]:
             depths = _rabbit_depths(c, rb)
             lengths.update({f"amqp:{k}": v["messages"] if v["messages"] is not None

@@ -109,11 +109,11 @@ def verify_running(c, rb):
             pid = f.content_string.strip() if f.exists else ""
             state["process"] = bool(pid.isdigit() and host.file(f"/proc/{pid}").exists)
         else:
-            state["process"] = bool(host.run(f"pgrep -f -- {rb.quote(s['process'])}").stdout)
+            state["process"] = bool(rb.probe(f"pgrep -f -- {rb.quote(s['process'])}").stdout)
         if s["port"]:
             state["port"] = host.socket(f"tcp://127.0.0.1:{int(s['port'])}").is_listening
         if s["health_url"]:
-            code = host.run(f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' "
+            code = rb.probe(f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' "
                             f"{rb.quote(s['health_url'])}").stdout.strip()
             state["health"] = code.startswith("2")
         state["ok"] = (state["process"] and state["port"] is not False
@@ -121,7 +121,12 @@ def verify_running(c, rb):
         return state["ok"]
 
     ok = rb.wait(healthy, s["start_timeout"], 0.5)
+    yes, no = rb.text("正常", "ok"), rb.text("异常", "FAILED")
+
+    def word(v):
+        return "-" if v is None else (yes if v else no)
     return rb.result("normal" if ok else "critical", rb.text(
-        f"进程 {state['process']}，端口 {state['port']}，健康检查 {state['health']}",
-        f"process {state['process']}, port {state['port']}, health {state['health']}"),
-        **state)
+        f"进程 {word(state['process'])}，端口 {word(state['port'])}，"
+        f"健康检查 {word(state['health'])}",
+        f"process {word(state['process'])}, port {word(state['port'])}, "
+        f"health {word(state['health'])}"), **state)

@@ -55,7 +55,7 @@ def _targets(rb) -> list[tuple[str, str]]:
 
 
 def read_expiry(run, rb) -> dict[str, float | None]:
-    """Days left per endpoint or file (None when unreadable); `run` is c.run or host.run."""
+    """Days left per endpoint or file (None when unreadable); `run` is c.run or rb.probe."""
     now = datetime.now(UTC)
     days = {}
     for name, command in _targets(rb):
@@ -104,7 +104,7 @@ def remediate_renew(c, rb):
 
 
 def verify_new_expiry(c, rb):
-    days = read_expiry(rb.testinfra.run, rb)
+    days = read_expiry(rb.probe, rb)
     shown = ", ".join(f"{k}: {v}" for k, v in days.items())
     return rb.result(_status(rb, days), rb.text(f"续期后剩余天数 {shown}",
                                                 f"days left after renewal {shown}"), days=days)
