@@ -206,7 +206,14 @@ def test_command_timeout_ends_a_hanging_change(tmp_path, lab, sample_service):
 
 
 def test_unreachable_host_is_recorded_quickly(tmp_path, lab):
-    gone = lab.unreachable_host()
+    import socket
+
+    from mhops.lab import LabHost
+
+    with socket.socket() as probe:  # a port on our own octet that nothing listens on
+        probe.bind(("127.0.0.65", 0))
+        port = probe.getsockname()[1]
+    gone = LabHost("gone", "127.0.0.65", port)
     inv = tmp_path / "hosts.yml"
     lab.write_inventory(inv, extra_hosts=[gone])
     started = time.monotonic()
