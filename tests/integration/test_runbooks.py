@@ -167,8 +167,15 @@ def _listening(port: int) -> bool:
 
 def test_service_down_restarts_sample_service_over_ssh(tmp_path, lab, sample_service):
     inv = _inventory(tmp_path, lab, sample_service["settings"])
-    assert not _listening(sample_service["port"])
+    port, pidfile = sample_service["port"], sample_service["pidfile"]
+    # Start the sample service with its own start command, then stop it.
+    subprocess.run(sample_service["settings"]["service-down"]["start"], shell=True, check=True)
+    assert runbook.Run.wait(lambda: _listening(port), 20)
+    old_pid = int(pidfile.read_text())
+    os.kill(old_pid, signal.SIGTERM)
+    assert runbook.Run.wait(lambda: not _listening(port), 20)
     out = _run(tmp_path, inv, "service-down", yes=True)
+    assert int(pidfile.read_text()) != old_pid
     assert (out.record["outcome"], out.exit_code) == ("resolved", 0), out.lines
     assert _listening(sample_service["port"])
     verify = out.record["steps"][-1]
