@@ -136,9 +136,10 @@ def diagnose_rabbitmq(c, rb):
 
 def _running(run, rb, consumer: dict) -> bool:
     if consumer.get("pidfile"):
+        # a zombie answers kill -0 but is dead: read its state instead
         q = rb.quote(consumer["pidfile"])
-        return bool(run(f"test -r {q} && kill -0 \"$(cat {q})\" 2>/dev/null && echo up")
-                    .stdout.strip())
+        return bool(run(f"test -r {q} && st=$(ps -o stat= -p \"$(cat {q})\") && "
+                        "case \"$st\" in Z*) ;; *) echo up ;; esac").stdout.strip())
     return bool(run(f"pgrep -f -- {rb.quote(consumer['process'])}").stdout.strip())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 META = {
     "id": "service-down",
@@ -47,21 +48,27 @@ META = {
 }
 
 
-def _pids(c, rb) -> list[int]:
+def alive_command(pidfile: str) -> str:
+    """Prints the pid when the pidfile's process lives; a zombie (exited, not yet reaped
+    by its parent) answers kill -0 but is dead."""
+    q = shlex.quote(pidfile)
+    return (f"test -r {q} && pid=$(cat {q}) && st=$(ps -o stat= -p \"$pid\") && "
+            "case \"$st\" in Z*) ;; *) echo \"$pid\" ;; esac")
+
+
+def _pids(run, rb) -> list[int]:
     s = rb.settings
     if s["pidfile"]:
-        q = rb.quote(s["pidfile"])
-        res = c.run(f"test -r {q} && pid=$(cat {q}) && kill -0 \"$pid\" 2>/dev/null "
-                    "&& echo \"$pid\"")
+        res = run(alive_command(s["pidfile"]))
     elif s["process"]:
-        res = c.run(f"pgrep -f -- {rb.quote(s['process'])}")
+        res = run(f"pgrep -f -- {rb.quote(s['process'])}")
     else:
         raise ValueError("service-down needs the setting pidfile or process")
     return [int(x) for x in res.stdout.split() if x.isdigit()]
 
 
 def diagnose_process(c, rb):
-    pids = _pids(c, rb)
+    pids = _pids(c.run, rb)
     rb.facts["pids"] = pids
     name = rb.settings["name"]
     if pids:
@@ -103,13 +110,7 @@ def verify_running(c, rb):
     state: dict = {}
 
     def healthy() -> bool:
-        state.update(process=False, port=None, health=None)
-        if s["pidfile"]:
-            f = host.file(s["pidfile"])
-            pid = f.content_string.strip() if f.exists else ""
-            state["process"] = bool(pid.isdigit() and host.file(f"/proc/{pid}").exists)
-        else:
-            state["process"] = bool(rb.probe(f"pgrep -f -- {rb.quote(s['process'])}").stdout)
+        state.update(process=bool(_pids(rb.probe, rb)), port=None, health=None)
         if s["port"]:
             state["port"] = host.socket(f"tcp://127.0.0.1:{int(s['port'])}").is_listening
         if s["health_url"]:
