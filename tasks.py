@@ -418,12 +418,19 @@ def _incident_store(c, cfg):
     fn = _callable(cfg.incident_store or "")
     if fn is not None:
         return functools.partial(fn, _path(cfg.incident_db)) if cfg.incident_db else fn
-    from mhops import incident, incident_store
+    from mhops import incident
 
-    configured = c.config.incident.db
-    store = incident_store.path_for(_path(c.config.mhops.records_dir),
-                                    _path(configured) if configured else None)
+    store = _incident_db(c)
     return functools.partial(incident.list_incidents, store) if store.exists() else None
+
+
+def _kb_faq(c):
+    """The knowledge base's FAQ document (常见问题文档) for the quarterly bundle."""
+    from functools import partial
+
+    from mhops import kb
+
+    return partial(kb.write_faq, runbooks_dir=_path(c.config.runbook.runbooks_dir))
 
 
 @task(positional=["what"], iterable=["plan"], help={
@@ -451,7 +458,7 @@ def report(c, what, period=None, lang=None, out=None, records_from=None, plan=No
             planned=list(plan or cfg.planned or []),
             perf_thresholds=dict(c.config.perf.thresholds or {}),
             list_incidents=_incident_store(c, cfg),
-            kb_export=_callable(cfg.kb_export or ""),
+            kb_export=_callable(cfg.kb_export or "") or _kb_faq(c),
             pdf=pdf or cfg.pdf,
             redact_sheets=cfg.redact_sheets or "auto",
             chromium=cfg.chromium or None,
@@ -735,12 +742,9 @@ def notify_sla(c, within=None, source=None, inventory=None, lang=None):
         else:  # the incident store this project keeps (incident.* tasks)
             from functools import partial
 
-            from mhops import incident, incident_store
+            from mhops import incident
 
-            configured = c.config.incident.db
-            store = incident_store.path_for(_path(c.config.mhops.records_dir),
-                                            _path(configured) if configured else None)
-            due_soon = partial(incident.sla_reminders, store)
+            due_soon = partial(incident.sla_reminders, _incident_db(c))
         outcome = notify.sla_check(due_soon, settings,
                                    int(within or n.get("sla_within_minutes") or 30))
     if outcome is None:
@@ -841,6 +845,155 @@ def security_audit(c, inventory=None, limit=None, transport=None, lang=None, ope
     _exit_with(outcome)
 
 
+def _settings(pairs) -> dict:
+    """--set key=value pairs; values read as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    from mhops.errors import MhopsError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MhopsError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _incident_hook(c):
+    """attach_to_incident(incident_id, record): a runbook run's steps go to the incident
+    store the incident.* tasks keep."""
+    from functools import partial
+
+    from mhops import incident
+
+    return partial(incident.attach_run, _incident_db(c))
+
+
+def _incident_db(c):
+    """The incident database the incident.* tasks keep (incident.db, else in the records)."""
+    from mhops import incident_store
+
+    configured = c.config.incident.db
+    return incident_store.path_for(_path(c.config.mhops.records_dir),
+                                   _path(configured) if configured else None)
+
+
+@task(
+    positional=["name"],
+    iterable=["inventory", "set"],
+    help={
+        "name": "runbook id (invoke kb.list shows them)",
+        "host": "inventory host (or pattern matching exactly one host)",
+        "yes": "run every change without asking",
+        "check": "diagnose only; no change is run",
+        "incident": "incident number to attach the run's steps and outputs to",
+        "set": "override a runbook setting: key=value (repeatable, value as YAML)",
+        "inventory": "inventory file or folder (repeatable); default runbook.inventory",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def runbook(c, name, host=None, inventory=None, yes=False, check=False, set=None,
+            incident=None, lang=None, operator=None):
+    """Run a fault runbook on one host: diagnose, remediate (confirmed), verify, record."""
+    from mhops import runbook as runbooks
+    from mhops.errors import MhopsError
+
+    cfg, m = c.config.runbook, c.config.mhops
+    with _exits():
+        if not host:
+            raise MhopsError("--host is required")
+        if incident is not None and not str(incident).isdigit():
+            raise MhopsError(f"--incident {incident!r}: expected an incident number")
+        if incident is not None:
+            from mhops import incident as incidents
+
+            incidents.require(_incident_db(c), incident)
+        outcome = runbooks.run(runbooks.Options(
+            name=name, host=host,
+            inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+            records_dir=_path(m.records_dir), state_dir=_path(m.state_dir),
+            yes=yes, check=check, settings=_settings(set),
+            incident=int(incident) if incident is not None else None,
+            attach_to_incident=_incident_hook(c),
+            connect_timeout=int(cfg.connect_timeout),
+            command_timeout=int(cfg.command_timeout),
+            inspections_dir=_path(cfg.inspections_dir or m.records_dir),
+            runbooks_dir=_path(cfg.runbooks_dir),
+            lang=lang or m.lang, operator=operator or m.operator, timezone=m.timezone,
+            vault_password_file=m.vault_password_file or None))
+    _exit_with(outcome)
+
+
+@task(help={"lang": "zh-CN (default) or en",
+            "dir": "runbook folder (default runbook.runbooks_dir)"})
+def kb_list(c, lang=None, dir=None):
+    """List the knowledge base: every runbook with its classification and review date."""
+    from mhops import kb
+
+    with _exits():
+        lines = kb.list_lines(_path(dir or c.config.runbook.runbooks_dir),
+                              lang or c.config.mhops.lang)
+    print("\n".join(lines))
+
+
+@task(positional=["id"], help={"id": "runbook / knowledge-base id", "lang": "zh-CN or en",
+                               "dir": "runbook folder"})
+def kb_show(c, id, lang=None, dir=None):
+    """Show one knowledge-base entry."""
+    from mhops import kb
+
+    with _exits():
+        print(kb.show(id, _path(dir or c.config.runbook.runbooks_dir),
+                      lang or c.config.mhops.lang))
+
+
+@task(positional=["words"], help={"words": "search words, Chinese or English (quote them)",
+                                  "lang": "zh-CN or en", "dir": "runbook folder"})
+def kb_search(c, words, lang=None, dir=None):
+    """Search the knowledge base (Chinese by character bigrams, English by words)."""
+    from mhops import kb
+
+    lang = lang or c.config.mhops.lang
+    with _exits():
+        hits = kb.search(words, _path(dir or c.config.runbook.runbooks_dir))
+    for score, b in hits:
+        print(f"{b.id:<18} {b.title(lang)}  ({score})")
+    if not hits:
+        raise Exit("no entry matches", code=1)
+
+
+@task(help={"dir": "runbook folder (default runbook.runbooks_dir)"})
+def kb_check(c, dir=None):
+    """Check the knowledge base: reviewed within 183 days, fields present, steps match."""
+    from mhops import kb
+
+    with _exits():
+        result = kb.check(_path(dir or c.config.runbook.runbooks_dir))
+    for key, problems in result.problems.items():
+        print(f"{'FAIL' if problems else 'OK  '} {key}")
+        for p in problems:
+            print(f"     - {p}")
+    if result.exit_code:
+        raise Exit(f"kb.check: {sum(map(bool, result.problems.values()))} of "
+                   f"{result.checked} entries need attention", code=result.exit_code)
+
+
+@task(help={"lang": "zh-CN (default) or en", "operator": "执行人", "dir": "runbook folder"})
+def kb_export(c, lang=None, operator=None, dir=None):
+    """Write the knowledge base as the FAQ document (常见问题文档), Markdown + HTML."""
+    from mhops import kb
+
+    m = c.config.mhops
+    with _exits():
+        outcome = kb.export(kb.ExportOptions(
+            records_dir=_path(m.records_dir),
+            runbooks_dir=_path(dir or c.config.runbook.runbooks_dir),
+            lang=lang or m.lang, operator=operator or m.operator, timezone=m.timezone))
+    print(outcome.record_dir)
+
+
 schedule = Collection("schedule")
 schedule.add_task(schedule_install, "install")
 schedule.add_task(schedule_show, "show")
@@ -863,5 +1016,11 @@ notify_ns.add_task(notify_test, "test")
 notify_ns.add_task(notify_sla, "sla")
 security = Collection("security")
 security.add_task(security_audit, "audit")
+kb = Collection("kb")
+kb.add_task(kb_list, "list")
+kb.add_task(kb_show, "show")
+kb.add_task(kb_search, "search")
+kb.add_task(kb_check, "check")
+kb.add_task(kb_export, "export")
 ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns,
-                report, patch, security)
+                report, patch, security, runbook, kb)

@@ -381,3 +381,28 @@ def sla_reminders(store_path: str | Path, within_minutes: float, *,
              "clock": i["sla"]["next"]["clock"], "title": i["title"],
              "priority": i["priority"], "host": i["host"]}
             for i in due_soon(store_path, within_minutes, now=now)]
+
+
+def attach_run(store_path: str | Path, incident_id: int, record: dict[str, Any], *,
+               now: Callable[[], datetime] = records.utc_now) -> int:
+    """Attach a runbook run (its redacted record) to an incident: one note per step and
+    change, then the outcome, each pointing back at the run's record."""
+    book = (record.get("runbook") or {}).get("id") or record.get("kind", "run")
+    entries: list[Any] = []
+    for s in record.get("steps") or []:
+        entries.append({"run_id": record.get("run_id"), "phase": s.get("phase"),
+                        "step": s.get("step"), "status": s.get("status"),
+                        "summary": s.get("summary") or s.get("error") or ""})
+        for ch in s.get("changes") or []:
+            entries.append({"run_id": record.get("run_id"), "change": ch.get("description"),
+                            "command": ch.get("command"), "outcome": ch.get("outcome")})
+    entries.append({"run_id": record.get("run_id"), "outcome": record.get("outcome"),
+                    "headline": record.get("headline")})
+    return attach(store_path, incident_id, f"runbook:{book}", entries,
+                  author=str(record.get("operator") or ""), now=now)
+
+
+def require(store_path: str | Path, incident_id: Any) -> None:
+    """Refuse an unknown incident before work is done in its name (MhopsError lists ids)."""
+    with _store(Path(store_path)) as store:
+        store.get(incident_id)

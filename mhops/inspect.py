@@ -201,6 +201,8 @@ def build_record(selection, plans, collected: dict[str, Collected], opts: Option
     for h in selection.hosts:
         c = collected[h.name]
         results = c.judge(plans[h.name][1], lang)
+        for r in results:  # suggested runbook commands name this host
+            r.resolution = th.for_host(r.resolution, h.name)
         status = findings.host_status(results)
         entry = {"host": h.name, "groups": list(h.groups), "reachable": not c.unreachable,
                  "status": status, "error": c.error or None,

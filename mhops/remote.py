@@ -69,7 +69,8 @@ def _run_one(host: Host, command: str, stdin: str, connect_timeout: int,
     return out
 
 
-def _ssh(host: Host, command: str, stdin: str, connect_timeout: int, command_timeout: int):
+def connection(host: Host, connect_timeout: int = 10):
+    """A Fabric Connection to `host` as Ansible would reach it (not yet opened)."""
     import paramiko
     from fabric import Connection
 
@@ -85,6 +86,14 @@ def _ssh(host: Host, command: str, stdin: str, connect_timeout: int, command_tim
         paramiko.RejectPolicy() if p.host_key_checking else paramiko.WarningPolicy())
     for path in p.known_hosts:
         conn.client.load_host_keys(path)
+    return conn
+
+
+def _ssh(host: Host, command: str, stdin: str, connect_timeout: int, command_timeout: int):
+    import paramiko
+
+    p = ssh_params(host)
+    conn = connection(host, connect_timeout)
     try:
         try:
             conn.open()

@@ -270,6 +270,11 @@ def resolution(check: str, lang: str = "zh-CN") -> str:
     return pair[0] if lang == "zh-CN" else pair[1]
 
 
+def for_host(text: str, host: str) -> str:
+    """A resolution naming a runbook command, with the actual host filled in."""
+    return text.replace("--host HOST", f"--host {host}").replace("--host 主机", f"--host {host}")
+
+
 def worst(statuses: list[str] | tuple[str, ...]) -> str:
     """The overall status of a set of results; unknown only when nothing was measured."""
     if statuses and all(s == UNKNOWN for s in statuses):
