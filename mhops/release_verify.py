@@ -1,0 +1,213 @@
+"""Post-conditions of a release change, checked with Testinfra, and downtime polling.
+
+Owns the gate an upgrade (and a rollback) must pass on each host before the next
+batch starts: the service process is running, its port is listening, the served
+version equals the wanted one and the health URL answers 200 (both within a retry
+window), and no new error line appeared in its log since the change began. Each
+check is one result ``{check, ok, detail, seconds}``. Also owns the control-node
+poller that measures what a switch costs clients (failed health polls, longest gap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mhops.inventory import Host, testinfra_host
+
+CHECKS = ("process", "port", "version", "health", "log")
+ERROR_LINES = r"\b(ERROR|CRITICAL|FATAL)\b|Traceback"
+
+
+@dataclass
+class Target:
+    host: Host
+    cfg: dict[str, Any]
+    version: str
+    log_offset: int
+
+
+def _curl(th, url: str) -> tuple[str, str]:
+    """(HTTP status, body) fetched on the host itself, as its own clients see it."""
+    cmd = (f"curl -s -m 3 -o /dev/stdout -w '\\n%{{http_code}}' {shlex.quote(url)}")
+    out = th.run(cmd).stdout
+    body, _, code = out.rpartition("\n")
+    return code.strip(), body
+
+
+def _served_version(body: str) -> str | None:
+    try:
+        return str(json.loads(body).get("version"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _retry(deadline: float, probe, interval: float = 0.25, need: int = 1):
+    """Call probe() -> (ok, detail) until it is ok `need` times running or time is up."""
+    streak, detail = 0, ""
+    while True:
+        ok, detail = probe()
+        streak = streak + 1 if ok else 0
+        if streak >= need:
+            return True, detail
+        if time.monotonic() >= deadline:
+            return False, detail
+        time.sleep(interval)
+
+
+def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
+    cfg = t.cfg
+    deadline = time.monotonic() + window_s
+    results = []
+
+    def record(check: str, ok: bool, detail: str, started: float) -> None:
+        results.append({"check": check, "ok": bool(ok), "detail": detail,
+                        "seconds": round(time.monotonic() - started, 2)})
+
+    s = time.monotonic()
+
+    def process():
+        f = th.file(cfg["pidfile"])
+        if not f.exists:
+            return False, f"no pid file {cfg['pidfile']}"
+        pid = f.content_string.strip()
+        if not pid.isdigit():
+            return False, f"pid file holds {pid!r}"
+        procs = [p for p in th.process.filter(pid=int(pid))]
+        if not procs:
+            return False, f"pid {pid} is not running"
+        args = procs[0].args
+        ok = cfg.get("process", "") in args
+        return ok, f"pid {pid}: {args[:120]}"
+    record("process", *_retry(deadline, process), s)
+
+    s = time.monotonic()
+    where = f"tcp://{cfg.get('address', '127.0.0.1')}:{cfg['port']}"
+
+    def port():
+        listening = th.socket(where).is_listening
+        return listening, f"{where} {'listening' if listening else 'not listening'}"
+    record("port", *_retry(deadline, port), s)
+
+    s = time.monotonic()
+
+    def version():
+        code, body = _curl(th, cfg["version_url"])
+        got = _served_version(body) if code == "200" else None
+        return got == t.version, f"{cfg['version_url']} -> {code} version {got} " \
+                                 f"(want {t.version})"
+    # Several answers in a row: just after a graceful reload an old worker may still answer.
+    record("version", *_retry(deadline, version, interval=0.2, need=3), s)
+
+    s = time.monotonic()
+
+    def health():
+        code, body = _curl(th, cfg["health_url"])
+        return code == "200", f"{cfg['health_url']} -> {code or 'no answer'} {body[:120]}"
+    record("health", *_retry(deadline, health), s)
+
+    s = time.monotonic()
+    log = cfg.get("log")
+    if log:
+        pattern = cfg.get("error_pattern") or ERROR_LINES
+        cmd = (f"tail -c +{int(t.log_offset) + 1} {shlex.quote(log)} 2>/dev/null | "
+               f"grep -E {shlex.quote(pattern)} | tail -n 5")
+        lines = [ln for ln in th.run(cmd).stdout.splitlines() if ln.strip()]
+        count = th.run(f"tail -c +{int(t.log_offset) + 1} {shlex.quote(log)} 2>/dev/null | "
+                       f"grep -cE {shlex.quote(pattern)} || true").stdout.strip()
+        n = int(count) if count.isdigit() else len(lines)
+        detail = f"{n} new error line(s) in {log}" + (": " + " | ".join(lines[-3:])
+                                                       if lines else "")
+        record("log", n == 0, detail, s)
+    else:
+        record("log", True, "no log configured", s)
+    return results
+
+
+def gate(targets: list[Target], sources: list[str] | tuple[str, ...],
+         window_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Run every check on every target host in parallel; {host: results}."""
+    # Testinfra runs ansible-inventory from PATH: the one beside this Python.
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
+    # Testinfra resolves ansible:// hosts through one cached inventory: do it up front,
+    # not from several threads at once.
+    hosts = {t.host.name: testinfra_host(t.host, list(sources)) for t in targets}
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def one(t: Target):
+        try:
+            return t.host.name, check_host(hosts[t.host.name], t, window_s)
+        except Exception as exc:  # one host's broken connection fails that host only
+            return t.host.name, [{"check": "process", "ok": False, "seconds": 0,
+                                  "detail": f"verification failed: {type(exc).__name__}: "
+                                            f"{' '.join(str(exc).split())[:300]}"}]
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        for name, res in pool.map(one, targets):
+            out[name] = res
+    return out
+
+
+def passed(results: list[dict[str, Any]]) -> bool:
+    return bool(results) and all(r["ok"] for r in results)
+
+
+@dataclass
+class Poller:
+    """Polls health URLs from the control node every `interval` s while a change runs."""
+
+    urls: dict[str, str]
+    interval: float = 0.1
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _poll(self, host: str, url: str) -> None:
+        st = self.stats[host] = {"polls": 0, "failed": 0, "longest_gap_s": 0.0}
+        down_since = None
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    ok = resp.status == 200
+                    resp.read()
+            except (urllib.error.URLError, OSError, ValueError):
+                ok = False
+            st["polls"] += 1
+            if ok:
+                if down_since is not None:
+                    st["longest_gap_s"] = max(st["longest_gap_s"], t0 - down_since)
+                    down_since = None
+            else:
+                st["failed"] += 1
+                down_since = down_since if down_since is not None else t0
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+        if down_since is not None:
+            st["longest_gap_s"] = max(st["longest_gap_s"], time.monotonic() - down_since)
+        st["longest_gap_s"] = round(st["longest_gap_s"], 3)
+
+    def __enter__(self) -> Poller:
+        for host, url in self.urls.items():
+            if url and re.match(r"^https?://", url):
+                th = threading.Thread(target=self._poll, args=(host, url), daemon=True)
+                th.start()
+                self._threads.append(th)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout=5)
