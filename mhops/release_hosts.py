@@ -137,7 +137,7 @@ def read_tarball(path: Path) -> dict[str, Any]:
     try:
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
-            names = [m.name.lstrip("./") for m in members]
+            names = [m.name[2:] if m.name.startswith("./") else m.name for m in members]
             tops = {n.split("/", 1)[0] for n in names}
             strip = tops.pop() + "/" if len(tops) == 1 and all("/" in n for n in names) else ""
             for m, name in zip(members, names, strict=True):

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +164,16 @@ def _checkpoint(flag: threading.Event) -> None:
 
 
 def _now() -> str:
-    return records.iso(records.utc_now())
+    """A step's time, to the millisecond (records.utc_now() drops the fraction)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _step(ctx: _Ctx, name: str, started: str, hosts: list[str], ok: bool, detail: str = "",
           batch: int | None = None) -> None:
-    s, f = records.parse_time(started), records.utc_now()
+    finished = _now()
+    s, f = records.parse_time(started), records.parse_time(finished)
     ctx.steps.append({"step": name, "batch": batch, "hosts": hosts, "started": started,
-                      "finished": records.iso(f), "duration_s": round((f - s).total_seconds(), 1),
+                      "finished": finished, "duration_s": round((f - s).total_seconds(), 2),
                       "ok": ok, "detail": detail})
     ctx.opts.echo(f"{'OK  ' if ok else 'FAIL'} {name}{f' batch {batch}' if batch else ''}"
                   f" [{', '.join(hosts)}]{': ' + detail if detail else ''}")

@@ -27,8 +27,12 @@ RELEASES = {
 }
 
 
-def build(version: str, out_dir: Path) -> Path:
-    spec = RELEASES[version]
+def build(version: str, out_dir: Path, *, like: str | None = None,
+          changes: list[str] | None = None) -> Path:
+    """Build `version` (or a new version number with the content of release `like`)."""
+    spec = dict(RELEASES[like or version])
+    if changes is not None:
+        spec["changes"] = list(changes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{COMPONENT}-{version}.tar.gz"

@@ -281,16 +281,24 @@ def probe(p):
     }
 
 
+def _norm(name):
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def _safe_members(tar):
     """Members without absolute paths, '..' or links leaving the release (tar-slip)."""
-    names = [m.name.lstrip("./") for m in tar.getmembers() if m.name.lstrip("./")]
+    names = [_norm(m.name) for m in tar.getmembers() if _norm(m.name) not in ("", ".")]
     tops = {n.split("/", 1)[0] for n in names}
     strip = ""
     if len(tops) == 1 and any("/" in n for n in names):
         strip = tops.pop() + "/"
     out = []
     for m in tar.getmembers():
-        name = m.name.lstrip("./")
+        name = _norm(m.name)
+        if name in ("", "."):
+            continue
         if strip:
             if not name.startswith(strip):
                 continue
