@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mhops.inventory import Host, testinfra_host
@@ -56,13 +57,22 @@ def _retry(deadline: float, probe, interval: float = 0.25, need: int = 1):
     """Call probe() -> (ok, detail) until it is ok `need` times running or time is up."""
     streak, detail = 0, ""
     while True:
-        ok, detail = probe()
+        try:
+            ok, detail = probe()
+        except Exception as exc:  # a dropped SSH master or a vanished control folder
+            ok, detail = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            _control_dir()
         streak = streak + 1 if ok else 0
         if streak >= need:
             return True, detail
         if time.monotonic() >= deadline:
             return False, detail
         time.sleep(interval)
+
+
+def _control_dir() -> None:
+    # Another run may remove ~/.ansible/cp; ssh cannot recreate it for its master socket.
+    Path("~/.ansible/cp").expanduser().mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
@@ -120,15 +130,30 @@ def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
     log = cfg.get("log")
     if log:
         pattern = cfg.get("error_pattern") or ERROR_LINES
+        # One command: the count on the first line, then the last matching lines.
         cmd = (f"tail -c +{int(t.log_offset) + 1} {shlex.quote(log)} 2>/dev/null | "
-               f"grep -E {shlex.quote(pattern)} | tail -n 5")
-        lines = [ln for ln in th.run(cmd).stdout.splitlines() if ln.strip()]
-        count = th.run(f"tail -c +{int(t.log_offset) + 1} {shlex.quote(log)} 2>/dev/null | "
-                       f"grep -cE {shlex.quote(pattern)} || true").stdout.strip()
-        n = int(count) if count.isdigit() else len(lines)
-        detail = f"{n} new error line(s) in {log}" + (": " + " | ".join(lines[-3:])
-                                                       if lines else "")
-        record("log", n == 0, detail, s)
+               f"grep -E {shlex.quote(pattern)} > /tmp/.mhops-gate.$$; "
+               f"wc -l < /tmp/.mhops-gate.$$; tail -n 3 /tmp/.mhops-gate.$$; "
+               f"rm -f /tmp/.mhops-gate.$$")
+
+        def log_lines():
+            out = th.run(cmd)
+            head, *lines = out.stdout.splitlines() or ["?"]
+            if not head.strip().isdigit():
+                raise RuntimeError(f"could not read {log}: {out.stderr.strip()[:200]}")
+            n = int(head.strip())
+            return n == 0, f"{n} new error line(s) in {log}" + (
+                ": " + " | ".join(lines) if lines else "")
+        # Not a window: the lines are there or not; retried only for a broken connection.
+        for attempt in range(3):
+            try:
+                ok, detail = log_lines()
+                break
+            except Exception as exc:
+                ok, detail = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                _control_dir()
+                time.sleep(0.5 * (attempt + 1))
+        record("log", ok, detail, s)
     else:
         record("log", True, "no log configured", s)
     return results
@@ -143,6 +168,7 @@ def gate(targets: list[Target], sources: list[str] | tuple[str, ...],
         os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
     # Testinfra resolves ansible:// hosts through one cached inventory: do it up front,
     # not from several threads at once.
+    _control_dir()
     hosts = {t.host.name: testinfra_host(t.host, list(sources)) for t in targets}
     out: dict[str, list[dict[str, Any]]] = {}
 

@@ -15,9 +15,11 @@ the pure rules (versions, batches, risk, plan) in ``mhops.release_plan``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -208,7 +210,7 @@ def _playbook(ctx: _Ctx, hosts: list[str], extravars: dict[str, Any],
             out[h] = {"failed": True, "steps": {},
                       "error": o.message if o else f"no result from Ansible ({pb.status}): "
                                                    "unreachable or the play stopped"}
-        out[h]["failed"] = bool(out[h].get("failed")) and out[h].get("failed") not in ("False",)
+        out[h]["failed"] = _report_failed(out[h])
     return out
 
 
@@ -267,7 +269,8 @@ def _rollback(ctx: _Ctx, hosts: list[str], plans: dict[str, dict[str, Any]], run
     for h in hosts:
         back = (rep[h].get("steps") or {}).get("rollback") or {}
         ok = not rep[h]["failed"] and verified.get(h, plans[h].get("target") is None)
-        out[h] = {"host": h, "ok": ok, "target": plans[h].get("target"),
+        out[h] = {"host": h, "ok": ok, "changed": bool(back.get("changed")),
+                  "target": plans[h].get("target"),
                   "target_version": plans[h].get("target_version"),
                   "failed_release": plans[h].get("failed"), "archived": back.get("archived"),
                   "migrations_reversed": back.get("reversed") or [],
@@ -287,10 +290,13 @@ def _rollback_record(ctx: _Ctx, *, run_id: str, reason: str, trigger: str,
     else:
         outcome = "rolled_back" if results and all(r["ok"] for r in results.values()) \
             else "failed"
-    to_versions = sorted({str(r.get("target_version")) for r in results.values()}) or \
+    # The hosts it changed (or failed on); hosts the failed run never reached are only
+    # verified, and listed under results.
+    hosts = sorted(h for h, r in results.items() if r.get("changed") or not r["ok"]) \
+        if results else sorted(plans or {})
+    to_versions = sorted({str(results[h].get("target_version")) for h in hosts}) or \
         sorted({str(p.get("target_version")) for p in (plans or {}).values()})
     version_to = to_versions[0] if len(to_versions) == 1 else ", ".join(to_versions)
-    hosts = sorted(results or plans or {})
     status = {"planned": "normal", "rolled_back": "warning"}.get(outcome, "critical")
     exit_code = {"planned": 0, "rolled_back": 2}.get(outcome, 2)
     word = _WORDS[L][outcome]
@@ -429,42 +435,63 @@ def _upgrade_locked(ctx: _Ctx, opts: UpgradeOptions) -> records.Outcome:
 
 def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Outcome:
     plans = base["plans"]
+    names = list(ctx.hosts)
+    # One rolling play may reach every host: all are recorded as touched before it starts,
+    # so a run killed at any moment is rolled back everywhere it could have changed.
     journal = {"kind": "upgrade", "run_id": base["run_id"], "plan_run_id": base["plan_run_id"],
                "component": opts.component, "version_from": base["version_from"],
                "version_to": opts.version, "release": base["release"], "phase": "deploying",
-               "touched": [], "plans": plans, "started": records.iso(ctx.started)}
+               "touched": names, "plans": plans, "started": records.iso(ctx.started)}
     _journal_save(opts.state_dir, opts.component, journal)
-    per_host = {h: {"host": h, "outcome": "pending", "error": ""} for h in ctx.hosts}
-    failure, to_roll, tolerated = None, [], []
+    per_host = {h: {"host": h, "outcome": "pending", "error": ""} for h in names}
     revision = _revision(ctx, base["run_id"], plan_run_id=base["plan_run_id"],
                          component=opts.component, version=opts.version)
-    with _signals() as flag:
+    failure = None
+    with _signals() as flag, tempfile.TemporaryDirectory(prefix="mhops-gate-") as gate_dir:
+        gate = _Gate(ctx, base, Path(gate_dir))
         try:
-            for i, batch in enumerate(base["batches"], 1):
-                _checkpoint(flag)
-                journal["touched"] = journal["touched"] + batch
-                _journal_save(opts.state_dir, opts.component, journal)
-                failed = _deploy_batch(ctx, opts, base, i, batch, revision, flag, per_host)
-                if failed and rp.batch_failed(len(failed), len(batch), opts.max_fail_percentage):
-                    failure = f"batch {i}: " + "; ".join(f"{h}: {per_host[h]['error']}"
-                                                         for h in failed)
-                    break
-                tolerated += failed
+            with rv.Poller({h: ctx.cfgs[h]["health_url"] for h in names},
+                           opts.poll_interval_s) as poller:
+                runner.run_playbook(
+                    PLAYBOOK, inventory=opts.inventory, limit=",".join(names),
+                    extravars={
+                        "mhops_release_component": opts.component,
+                        "mhops_release_action": "deploy", "mhops_release_name": base["release"],
+                        "mhops_release_tarball": str(Path(base["tar"]["path"]).resolve()),
+                        "mhops_release_revision": revision,
+                        "mhops_release_switch_delay": int(opts.switch_delay_s),
+                        "mhops_release_wait_healthy": False,
+                        "mhops_release_keep": int(opts.keep),
+                        "mhops_release_serial": int(opts.serial),
+                        "mhops_release_max_fail_percentage": opts.max_fail_percentage,
+                        "mhops_release_gate_dir": gate_dir,
+                        "mhops_release_gate_timeout": int(2 * opts.verify_window_s + 120),
+                        "mhops_release_ready_hosts": [
+                            h for h in names if base["facts"][h].get("exists")]},
+                    forks=opts.forks, redactor=ctx.redactor, on_host=gate.on_host,
+                    cancel=flag.is_set)
+            ctx.downtime.update(poller.stats)
+            gate.join()
+            _checkpoint(flag)
         except Interrupted as exc:
             failure = str(exc)
         except MhopsError as exc:
             failure = f"deploy step failed: {exc}"
-        if failure or tolerated:
-            to_roll = journal["touched"] if failure else tolerated
+        gate.join()
+        failed, tolerated = gate.judge(per_host, opts.max_fail_percentage)
+        failure = failure or failed
+        to_roll = names if failure else tolerated
+        if to_roll:
             journal["phase"] = "rolling_back"
             _journal_save(opts.state_dir, opts.component, journal)
-            opts.echo(f"rolling back {', '.join(to_roll)}: {failure or 'tolerated failures'}")
+            opts.echo(f"rolling back: {failure or 'failures within max_fail_percentage'}")
             rb_id = records.run_id("rollback", records.utc_now())
             results = _rollback(ctx, to_roll, plans, rb_id,
                                 "automatic" if failure else "tolerated_failure")
             for h, r in results.items():
-                per_host[h]["outcome"] = "rolled_back" if r["ok"] else "rollback_failed"
-                per_host[h]["rollback"] = r
+                if r["changed"] or per_host[h]["outcome"] != "pending":
+                    per_host[h]["outcome"] = "rolled_back" if r["ok"] else "rollback_failed"
+                    per_host[h]["rollback"] = r
             rb = _rollback_record(ctx, run_id=rb_id, reason="automatic", trigger=failure or
                                   "failures within max_fail_percentage", results=results,
                                   version_from=opts.version, upgrade_run_id=base["run_id"],
@@ -485,49 +512,103 @@ def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Ou
     return records.Outcome(record["exit_code"], run_dir, record)
 
 
-def _deploy_batch(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any], i: int,
-                  batch: list[str], revision: dict[str, Any], flag: threading.Event,
-                  per_host: dict[str, dict[str, Any]]) -> list[str]:
-    """Deploy one batch and gate it; the hosts that failed."""
-    started = _now()
-    with rv.Poller({h: ctx.cfgs[h]["health_url"] for h in batch},
-                   opts.poll_interval_s) as poller:
-        rep = _playbook(ctx, batch, {
-            "mhops_release_action": "deploy", "mhops_release_name": base["release"],
-            "mhops_release_tarball": str(Path(base["tar"]["path"]).resolve()),
-            "mhops_release_revision": revision,
-            "mhops_release_switch_delay": int(opts.switch_delay_s),
-            "mhops_release_wait_healthy": False, "mhops_release_keep": int(opts.keep),
-            "mhops_release_serial": len(batch),
-            "mhops_release_max_fail_percentage": opts.max_fail_percentage,
-        }, cancel=flag.is_set)
-        _checkpoint(flag)
-        bad = {h: f"{r.get('failed_task') or 'deploy'}: {r.get('error')}"
-               for h, r in rep.items() if r["failed"]}
-        _step(ctx, "deploy", started, batch, not bad, " | ".join(f"{h}: {e}"
-                                                                 for h, e in bad.items()), i)
-        wanted = {h: (opts.version, int(base["facts"][h].get("log_size") or 0))
-                  for h in batch if h not in bad}
-        verified = _verify(ctx, wanted, "upgrade", i)
-    ctx.downtime.update(poller.stats)
-    failed = []
-    for h in batch:
-        steps = rep[h].get("steps") or {}
-        per_host[h].update({
-            "release": base["release"],
-            "migrations_applied": (steps.get("migrate") or {}).get("applied") or [],
-            "backup": (steps.get("migrate") or {}).get("backup"),
-            "cleanup_deleted": (steps.get("cleanup") or {}).get("deleted") or [],
-            "batch": i})
-        if (steps.get("migrate") or {}).get("backup"):
-            base["plans"][h]["backup"] = steps["migrate"]["backup"]
-        if h in bad or not verified.get(h):
-            per_host[h]["outcome"] = "failed"
-            per_host[h]["error"] = bad.get(h) or "post-condition checks failed"
-            failed.append(h)
+class _Gate:
+    """The Testinfra gate between batches of the one rolling play.
+
+    The play reports each host after its reload (with the batch it belongs to) and then
+    waits for ``<gate dir>/<sha1 of the batch>.json``; as soon as a whole batch has
+    reported, this checks it and writes the verdict (the hosts that passed). A host
+    missing from the verdict fails in the play, so ``max_fail_percentage`` stops it.
+    """
+
+    def __init__(self, ctx: _Ctx, base: dict[str, Any], gate_dir: Path):
+        self.ctx, self.base, self.dir = ctx, base, gate_dir
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.batches: list[list[str]] = []
+        self.verdicts: dict[int, list[str]] = {}
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+        self.since = _now()
+
+    def on_host(self, o: runner.HostOutcome) -> None:
+        msg = o.result.get("msg")
+        if o.status != runner.OK or not isinstance(msg, dict) or "steps" not in msg \
+                or msg.get("action") != "deploy":
+            return
+        with self.lock:
+            self.reports[o.host] = msg
+            batch = [str(h) for h in msg.get("batch") or [o.host]]
+            if batch in self.batches or not all(h in self.reports for h in batch):
+                return
+            self.batches.append(batch)
+            th = threading.Thread(target=self._check, args=(len(self.batches), batch),
+                                  daemon=True)
+            self.threads.append(th)
+        th.start()
+
+    def _check(self, i: int, batch: list[str]) -> None:
+        passed: list[str] = []
+        try:
+            bad = {h: f"{r.get('failed_task') or 'deploy'}: {r.get('error')}"
+                   for h in batch if _report_failed(r := self.reports[h])}
+            _step(self.ctx, "deploy", self.since, batch, not bad,
+                  " | ".join(f"{h}: {e}" for h, e in bad.items()), i)
+            opts = self.ctx.opts
+            wanted = {h: (opts.version, int(self.base["facts"][h].get("log_size") or 0))
+                      for h in batch if h not in bad}
+            verified = _verify(self.ctx, wanted, "upgrade", i)
+            passed = [h for h in batch if h not in bad and verified.get(h)]
+        finally:
+            self.verdicts[i] = passed
+            key = hashlib.sha1(",".join(batch).encode()).hexdigest()
+            state.atomic_write(self.dir / f"{key}.json", json.dumps({"passed": passed}).encode())
+            self.since = _now()
+
+    def join(self) -> None:
+        for th in list(self.threads):
+            th.join()
+
+    def judge(self, per_host: dict[str, dict[str, Any]], max_fail: float
+              ) -> tuple[str | None, list[str]]:
+        """(why the upgrade failed or None, failed hosts within the tolerance)."""
+        why, tolerated = [], []
+        for i, batch in enumerate(self.batches, 1):
+            passed = self.verdicts.get(i, [])
+            for h in batch:
+                steps = self.reports[h].get("steps") or {}
+                per_host[h].update({
+                    "release": self.base["release"], "batch": i,
+                    "migrations_applied": (steps.get("migrate") or {}).get("applied") or [],
+                    "backup": (steps.get("migrate") or {}).get("backup"),
+                    "cleanup_deleted": (steps.get("cleanup") or {}).get("deleted") or []})
+                if (steps.get("migrate") or {}).get("backup"):
+                    self.base["plans"][h]["backup"] = steps["migrate"]["backup"]
+                if h in passed:
+                    per_host[h]["outcome"] = "upgraded"
+                else:
+                    r = self.reports[h]
+                    per_host[h]["outcome"] = "failed"
+                    per_host[h]["error"] = (f"{r.get('failed_task')}: {r.get('error')}"
+                                            if _report_failed(r) else
+                                            "post-condition checks failed")
+            failed = [h for h in batch if h not in passed]
+            if failed and rp.batch_failed(len(failed), len(batch), max_fail):
+                why.append(f"batch {i}: " + "; ".join(f"{h}: {per_host[h]['error']}"
+                                                     for h in failed))
+                break
+            tolerated += failed
         else:
-            per_host[h]["outcome"] = "upgraded"
-    return failed
+            missing = [h for h in per_host if h not in self.reports]
+            for h in missing:
+                per_host[h]["outcome"] = "failed"
+                per_host[h]["error"] = "no report from the play (unreachable or stopped)"
+            if missing:
+                why.append("no report from " + ", ".join(missing))
+        return ("; ".join(why) or None), tolerated
+
+
+def _report_failed(report: dict[str, Any]) -> bool:
+    return report.get("failed") not in (False, "False", "false", None, "")
 
 
 def _impact(ctx: _Ctx, hosts: list[str]) -> dict[str, Any]:

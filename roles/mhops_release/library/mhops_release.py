@@ -17,7 +17,8 @@ and the revisions log, never by modification time. Migrations are SQL files in t
 release (``migrations/<id>.up.sql`` / ``<id>.down.sql``) applied to an SQLite
 database, each in its own transaction, remembered in ``mhops_schema_migrations``.
 
-Actions: probe (read-only), unpack, migrate, switch, rollback, cleanup. The same text
+Actions: probe (read-only), unpack, migrate, switch, rollback, cleanup, and activate
+(migrate + switch + cleanup in one round trip). The same text
 runs as the Ansible module ``mhops_release`` and, for probe, standalone over SSH
 (``python3 -`` with ``MHOPS_ARGS = '<json>'`` prepended), printing one JSON object.
 Standard library only (Python 3.8+): it runs on the managed hosts.
@@ -585,8 +586,17 @@ def cleanup(p, check):
     return {"changed": bool(delete), "deleted": delete, "kept": kept, "current": cur}
 
 
+def activate(p, check):
+    """migrate + switch + cleanup in one round trip (the steps after the unpack)."""
+    out = {"migrate": migrate(p, check), "switch": switch(p, check)}
+    out["cleanup"] = cleanup(p, check) if p.get("keep") else {"deleted": [], "kept": []}
+    out["changed"] = any(v.get("changed") for v in out.values())
+    out["running"] = out["switch"]["running"]
+    return out
+
+
 ACTIONS = {"unpack": unpack, "migrate": migrate, "switch": switch, "rollback": rollback,
-           "cleanup": cleanup}
+           "cleanup": cleanup, "activate": activate}
 
 
 def run(p, check=False):
@@ -601,7 +611,8 @@ def main():
 
     module = AnsibleModule(argument_spec=dict(
         action=dict(type="str", required=True,
-                    choices=["probe", "unpack", "migrate", "switch", "rollback", "cleanup"]),
+                    choices=["probe", "unpack", "migrate", "switch", "rollback", "cleanup",
+                             "activate"]),
         app_root=dict(type="path", required=True),
         name=dict(type="str"),
         tarball=dict(type="path"),
