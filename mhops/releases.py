@@ -476,7 +476,8 @@ def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Ou
         except Interrupted as exc:
             failure = str(exc)
         except MhopsError as exc:
-            failure = f"deploy step failed: {exc}"
+            failure = "interrupted (Ctrl-C or SIGTERM)" if flag.is_set() else \
+                f"deploy step failed: {exc}"
         gate.join()
         failed, tolerated = gate.judge(per_host, opts.max_fail_percentage)
         failure = failure or failed

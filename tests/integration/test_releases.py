@@ -296,6 +296,28 @@ def test_run_killed_between_unpack_and_switch(env):
         assert not any(d.name.startswith(("2.1.0-", ".2.1.0-")) for d in rel.iterdir())
 
 
+def test_ctrl_c_rolls_back_and_exits_non_zero(env):
+    p = env.invoke("upgrade", "--component", "sample", "--version", "2.1.0",
+                   env={"INVOKE_RELEASE_SWITCH_DELAY_S": "120"})
+    first = Path(env.comps[env.hosts[0]]["app_root"]) / "releases"
+    deadline = time.monotonic() + 180
+    while not any(d.name.startswith("2.1.0-") for d in first.iterdir()):
+        assert p.poll() is None, p.stdout.read()
+        assert time.monotonic() < deadline, "the release was never unpacked"
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    text, _ = p.communicate(timeout=300)
+    assert p.returncode == 2, text
+    rb = json.loads(sorted(env.records.glob("*-rollback"))[-1].joinpath(
+        "record.json").read_text())
+    assert rb["reason"] == "automatic" and "interrupted" in rb["trigger"]
+    assert rb["outcome"] == "rolled_back"
+    assert not (env.state / "releases" / "sample.journal.json").exists()
+    for h in env.hosts:
+        assert env.served(h) == "2.0.0"
+        assert os.readlink(env.current(h)).startswith("releases/2.0.0-")
+
+
 def test_cleanup_never_removes_the_live_release(env):
     for v in ("2.1.0", "2.2.0"):
         out = releases.upgrade(env.opts(v, keep=2, serial=0))
