@@ -18,6 +18,7 @@ each host's failed polls and longest gap, and `failed health polls: <n>` (upgrad
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -94,6 +95,10 @@ def main() -> None:
                     build.build(v, art, like="1.0.0")
                     took, stats = timed(upgrade + [v], env, urls, args.interval)
                     full.append(took)
+                    last = sorted((root / "records").glob("*-upgrade"))[-1]
+                    steps = json.loads((last / "record.json").read_text())["execution"]["steps"]
+                    print("  upgrade steps: " + ", ".join(
+                        f"{s['step']}{s['batch'] or ''} {s['duration_s']:.1f}s" for s in steps))
                     for h, s in stats.items():
                         acc = polls.setdefault(h, {"polls": 0, "failed": 0, "longest_gap_s": 0.0})
                         acc["polls"] += s["polls"]

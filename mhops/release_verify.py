@@ -38,12 +38,19 @@ class Target:
     log_offset: int
 
 
-def _curl(th, url: str) -> tuple[str, str]:
-    """(HTTP status, body) fetched on the host itself, as its own clients see it."""
-    cmd = (f"curl -s -m 3 -o /dev/stdout -w '\\n%{{http_code}}' {shlex.quote(url)}")
-    out = th.run(cmd).stdout
-    body, _, code = out.rpartition("\n")
-    return code.strip(), body
+def _service_probe(cfg: dict[str, Any], samples: int) -> str:
+    """One shell round trip: the pid file's process, `samples` version answers, health."""
+    q = shlex.quote
+    return (
+        f"pid=$(cat {q(cfg['pidfile'])} 2>/dev/null); "
+        'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then '
+        'echo "P ok $pid $(tr \'\\0\' \' \' < /proc/$pid/cmdline | cut -c1-160)"; '
+        'else echo "P fail $pid"; fi; '
+        f"for i in $(seq {samples}); do "
+        f"echo \"V $(curl -s -m 3 -w ' %{{http_code}}' {q(cfg['version_url'])} | tr -d '\\n')\"; "
+        "sleep 0.1; done; "
+        f"echo \"H $(curl -s -m 3 -w ' %{{http_code}}' {q(cfg['health_url'])} "
+        "| tr -d '\\n' | tail -c 300)\"")
 
 
 def _served_version(body: str) -> str | None:
@@ -51,6 +58,12 @@ def _served_version(body: str) -> str | None:
         return str(json.loads(body).get("version"))
     except (ValueError, AttributeError):
         return None
+
+
+def _split_answer(line: str) -> tuple[str, str]:
+    """'V <body> <code>' -> (code, body)."""
+    body, _, code = line[2:].rpartition(" ")
+    return code.strip(), body
 
 
 def _retry(deadline: float, probe, interval: float = 0.25, need: int = 1):
@@ -84,47 +97,43 @@ def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
         results.append({"check": check, "ok": bool(ok), "detail": detail,
                         "seconds": round(time.monotonic() - started, 2)})
 
+    # Process, served version (several answers in a row: just after a graceful reload an
+    # old worker may still answer) and health in one round trip, retried in the window.
     s = time.monotonic()
+    cmd = _service_probe(cfg, 3)
+    last: dict[str, tuple[bool, str]] = {}
 
-    def process():
-        f = th.file(cfg["pidfile"])
-        if not f.exists:
-            return False, f"no pid file {cfg['pidfile']}"
-        pid = f.content_string.strip()
-        if not pid.isdigit():
-            return False, f"pid file holds {pid!r}"
-        procs = [p for p in th.process.filter(pid=int(pid))]
-        if not procs:
-            return False, f"pid {pid} is not running"
-        args = procs[0].args
-        ok = cfg.get("process", "") in args
-        return ok, f"pid {pid}: {args[:120]}"
-    record("process", *_retry(deadline, process), s)
+    def service():
+        out = th.run(cmd).stdout.splitlines()
+        p = next((ln for ln in out if ln.startswith("P ")), "P fail no answer")
+        parts = p.split(" ", 3)
+        want = cfg.get("process", "")
+        proc_ok = parts[1] == "ok" and want in (parts[3] if len(parts) > 3 else "")
+        last["process"] = (proc_ok, f"pid {parts[2] if len(parts) > 2 else '?'}: "
+                                    f"{parts[3][:120] if len(parts) > 3 else 'not running'}")
+        answers = [_split_answer(ln) for ln in out if ln.startswith("V ")]
+        got = [_served_version(b) if c == "200" else None for c, b in answers]
+        last["version"] = (bool(got) and all(g == t.version for g in got),
+                           f"{cfg['version_url']} -> {', '.join(map(str, got)) or 'no answer'}"
+                           f" (want {t.version})")
+        code, body = _split_answer(next((ln for ln in out if ln.startswith("H ")), "H  "))
+        last["health"] = (code == "200", f"{cfg['health_url']} -> {code or 'no answer'} "
+                                         f"{body[:120]}")
+        return all(v[0] for v in last.values()), ""
+    ok, why = _retry(deadline, service)
+    took = round(time.monotonic() - s, 2)
+    for check in ("process", "version", "health"):
+        good, detail = last.get(check, (False, why or "no answer"))
+        results.append({"check": check, "ok": good, "detail": detail, "seconds": took})
 
+    # Testinfra's socket module: the port the service must listen on.
     s = time.monotonic()
     where = f"tcp://{cfg.get('address', '127.0.0.1')}:{cfg['port']}"
 
     def port():
         listening = th.socket(where).is_listening
         return listening, f"{where} {'listening' if listening else 'not listening'}"
-    record("port", *_retry(deadline, port), s)
-
-    s = time.monotonic()
-
-    def version():
-        code, body = _curl(th, cfg["version_url"])
-        got = _served_version(body) if code == "200" else None
-        return got == t.version, f"{cfg['version_url']} -> {code} version {got} " \
-                                 f"(want {t.version})"
-    # Several answers in a row: just after a graceful reload an old worker may still answer.
-    record("version", *_retry(deadline, version, interval=0.2, need=3), s)
-
-    s = time.monotonic()
-
-    def health():
-        code, body = _curl(th, cfg["health_url"])
-        return code == "200", f"{cfg['health_url']} -> {code or 'no answer'} {body[:120]}"
-    record("health", *_retry(deadline, health), s)
+    record("port", *_retry(deadline if not ok else time.monotonic() + 5, port), s)
 
     s = time.monotonic()
     log = cfg.get("log")
@@ -159,17 +168,40 @@ def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
     return results
 
 
-def gate(targets: list[Target], sources: list[str] | tuple[str, ...],
-         window_s: float) -> dict[str, list[dict[str, Any]]]:
-    """Run every check on every target host in parallel; {host: results}."""
+_WARM = threading.Lock()
+
+
+def _testinfra_hosts(hosts: list[Host], sources, touch: bool = False) -> dict[str, Any]:
     # Testinfra runs ansible-inventory from PATH: the one beside this Python.
     bindir = os.path.dirname(sys.executable)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
-    # Testinfra resolves ansible:// hosts through one cached inventory: do it up front,
-    # not from several threads at once.
     _control_dir()
-    hosts = {t.host.name: testinfra_host(t.host, list(sources)) for t in targets}
+    # Testinfra resolves ansible:// hosts through one cached inventory (ansible-inventory
+    # runs once): resolve under a lock, never from several threads at once.
+    with _WARM:
+        out = {h.name: testinfra_host(h, list(sources)) for h in hosts}
+        for th in out.values() if touch else ():
+            th.run("true")  # the inventory is read (and SSH connected) on first use
+        return out
+
+
+def warm(hosts: list[Host], sources) -> threading.Thread:
+    """Resolve the Testinfra hosts in the background while the first batch deploys."""
+    def run():
+        try:
+            _testinfra_hosts(hosts, sources, touch=True)
+        except Exception:  # the gate itself will report what is wrong
+            pass
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+def gate(targets: list[Target], sources: list[str] | tuple[str, ...],
+         window_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Run every check on every target host in parallel; {host: results}."""
+    hosts = _testinfra_hosts([t.host for t in targets], sources)
     out: dict[str, list[dict[str, Any]]] = {}
 
     def one(t: Target):

@@ -449,6 +449,7 @@ def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Ou
     failure = None
     with _signals() as flag, tempfile.TemporaryDirectory(prefix="mhops-gate-") as gate_dir:
         gate = _Gate(ctx, base, Path(gate_dir))
+        rv.warm(list(ctx.hosts.values()), opts.inventory)
         try:
             with rv.Poller({h: ctx.cfgs[h]["health_url"] for h in names},
                            opts.poll_interval_s) as poller:
