@@ -351,6 +351,17 @@ def test_manual_rollback_and_versions(env):
     assert all(r["live"] == "2.1.0" and r["deployed_at"] for r in rows)
 
 
+def test_downgrade_refused_and_high_risk_needs_yes(env):
+    before = {h: tree(Path(env.comps[h]["app_root"])) for h in env.hosts}
+    out = releases.upgrade(env.opts("1.0.0"))
+    assert out.exit_code == 2 and out.record["outcome"] == "failed"
+    assert any("--allow-downgrade" in b for b in out.record["risk"]["blocking"])
+    out = releases.upgrade(env.opts("1.0.0", allow_downgrade=True))
+    assert out.exit_code == 1 and out.record["outcome"] == "planned"
+    assert out.record["risk"]["level"] == "high" and out.record["note"] == "needs_yes"
+    assert {h: tree(Path(env.comps[h]["app_root"])) for h in env.hosts} == before
+
+
 def test_second_upgrade_of_the_same_component_is_locked_out(env):
     from mhops import state
 

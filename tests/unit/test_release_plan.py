@@ -164,3 +164,22 @@ def test_unpack_refuses_tar_slip(tmp_path):
         M.unpack({"app_root": str(tmp_path / "app"), "name": "1.0-20260101T000000Z",
                   "tarball": str(tb)}, False)
     assert not (tmp_path / "app" / "releases" / "1.0-20260101T000000Z").exists()
+
+
+def test_component_settings_errors_name_file_and_line(tmp_path):
+    from mhops import release_hosts as rh
+    from mhops.errors import MhopsError
+    from mhops.inventory import select
+
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    web1:\n      ansible_connection: local\n"
+                   "      mhops_release_components:\n        sample:\n"
+                   "          app_root: relative/path\n          port: 8000\n"
+                   "          colour: blue\n")
+    with pytest.raises(MhopsError) as err:
+        rh.component_hosts(select([str(inv)]), "sample")
+    text = str(err.value)
+    assert str(inv) in text and "health_url is missing" in text
+    assert "unknown keys colour" in text and "app_root must be an absolute path" in text
+    with pytest.raises(MhopsError, match="no selected host runs component 'other'"):
+        rh.component_hosts(select([str(inv)]), "other")
