@@ -97,8 +97,13 @@ def main() -> None:
                     full.append(took)
                     last = sorted((root / "records").glob("*-upgrade"))[-1]
                     steps = json.loads((last / "record.json").read_text())["execution"]["steps"]
+                    rec = json.loads((last / "record.json").read_text())
                     print("  upgrade steps: " + ", ".join(
-                        f"{s['step']}{s['batch'] or ''} {s['duration_s']:.1f}s" for s in steps))
+                        f"{s['step']}{s['batch'] or ''} {s['duration_s']:.1f}s" for s in steps)
+                        + "; slowest checks: " + ", ".join(sorted(
+                            {f"{c['check']} {c['seconds']}s" for v in rec["execution"]
+                             ["verification"] for c in v["checks"]}, key=lambda x: -float(
+                                x.split()[1][:-1]))[:4]))
                     for h, s in stats.items():
                         acc = polls.setdefault(h, {"polls": 0, "failed": 0, "longest_gap_s": 0.0})
                         acc["polls"] += s["polls"]

@@ -39,7 +39,8 @@ class Target:
 
 
 def _service_probe(cfg: dict[str, Any], samples: int) -> str:
-    """One shell round trip: the pid file's process, `samples` version answers, health."""
+    """One shell round trip: the pid file's process, `samples` version answers, health,
+    and what listens on the service's port (ss)."""
     q = shlex.quote
     return (
         f"pid=$(cat {q(cfg['pidfile'])} 2>/dev/null); "
@@ -50,7 +51,9 @@ def _service_probe(cfg: dict[str, Any], samples: int) -> str:
         f"echo \"V $(curl -s -m 3 -w ' %{{http_code}}' {q(cfg['version_url'])} | tr -d '\\n')\"; "
         "sleep 0.1; done; "
         f"echo \"H $(curl -s -m 3 -w ' %{{http_code}}' {q(cfg['health_url'])} "
-        "| tr -d '\\n' | tail -c 300)\"")
+        "| tr -d '\\n' | tail -c 300)\"; "
+        f"echo \"L $(ss -Hltn 'sport = :{int(cfg['port'])}' 2>/dev/null "
+        "| awk '{print $4}' | tr '\\n' ' ')\"")
 
 
 def _served_version(body: str) -> str | None:
@@ -97,8 +100,8 @@ def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
         results.append({"check": check, "ok": bool(ok), "detail": detail,
                         "seconds": round(time.monotonic() - started, 2)})
 
-    # Process, served version (several answers in a row: just after a graceful reload an
-    # old worker may still answer) and health in one round trip, retried in the window.
+    # Process, port, served version (several answers in a row: just after a graceful
+    # reload an old worker may still answer) and health: one round trip per retry.
     s = time.monotonic()
     cmd = _service_probe(cfg, 3)
     last: dict[str, tuple[bool, str]] = {}
@@ -119,21 +122,20 @@ def check_host(th, t: Target, window_s: float) -> list[dict[str, Any]]:
         code, body = _split_answer(next((ln for ln in out if ln.startswith("H ")), "H  "))
         last["health"] = (code == "200", f"{cfg['health_url']} -> {code or 'no answer'} "
                                          f"{body[:120]}")
+        addr = cfg.get("address", "127.0.0.1")
+        listen = next((ln[2:].split() for ln in out if ln.startswith("L ")), [])
+        wanted = {f"{addr}:{cfg['port']}", f"0.0.0.0:{cfg['port']}", f"*:{cfg['port']}",
+                  f"[::]:{cfg['port']}"}
+        last["port"] = (bool(wanted & set(listen)),
+                        f"tcp {addr}:{cfg['port']} "
+                        f"{'listening' if wanted & set(listen) else 'not listening'}"
+                        f" ({' '.join(listen) or 'nothing on that port'})")
         return all(v[0] for v in last.values()), ""
     ok, why = _retry(deadline, service)
     took = round(time.monotonic() - s, 2)
-    for check in ("process", "version", "health"):
+    for check in ("process", "port", "version", "health"):
         good, detail = last.get(check, (False, why or "no answer"))
         results.append({"check": check, "ok": good, "detail": detail, "seconds": took})
-
-    # Testinfra's socket module: the port the service must listen on.
-    s = time.monotonic()
-    where = f"tcp://{cfg.get('address', '127.0.0.1')}:{cfg['port']}"
-
-    def port():
-        listening = th.socket(where).is_listening
-        return listening, f"{where} {'listening' if listening else 'not listening'}"
-    record("port", *_retry(deadline if not ok else time.monotonic() + 5, port), s)
 
     s = time.monotonic()
     log = cfg.get("log")
