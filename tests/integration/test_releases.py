@@ -196,8 +196,18 @@ def test_v2_post_condition_passed(env, check):
 
 
 def test_v2_to_v3_rolls_back_automatically(env):
-    out = releases.upgrade(env.opts("3.0.0", verify_window_s=6))
+    heard = []
+
+    def listener(record, record_dir):
+        heard.append((record["kind"], record["outcome"], record_dir))
+    releases.add_rollback_listener(listener)
+    try:
+        out = releases.upgrade(env.opts("3.0.0", verify_window_s=6))
+    finally:
+        releases._ROLLBACK_LISTENERS.remove(listener)
     r = out.record
+    assert [(k, o) for k, o, _ in heard] == [("rollback", "rolled_back")]
+    assert heard[0][2].name == r["execution"]["rollback_run_id"]
     assert out.exit_code == 2 and r["outcome"] == "rolled_back", r["execution"]
     first = r["execution"]["batches"][0]
     failed = [v for v in r["execution"]["verification"] if v["phase"] == "upgrade"]
