@@ -519,6 +519,118 @@ def schedule_remove(c, kind=None, check=False):
     print("removed: " + (", ".join(map(str, removed)) or "nothing"))
 
 
+def _announce_rollbacks(c, inventory) -> None:
+    """Every rollback (automatic, manual, recovery) goes to the notification channels."""
+    from mhops import notify, releases
+
+    def send(record, record_dir):
+        notify.notify_event("rollback", record, _notify_settings(c, inventory),
+                            record_dir=record_dir)
+
+    releases.add_rollback_listener(send)
+
+
+def _release_common(c, component, inventory, limit, lang, operator, check, yes):
+    cfg, m = c.config.release, c.config.mhops
+    return dict(
+        inventory=[str(_path(i)) for i in (inventory or [cfg.inventory])],
+        records_dir=_path(m.records_dir), state_dir=_path(m.state_dir),
+        component=component or cfg.component, limit=limit, lang=lang or m.lang,
+        operator=operator or m.operator, timezone=m.timezone, forks=int(cfg.forks),
+        vault_password_file=m.vault_password_file or None,
+        verify_window_s=float(cfg.verify_window_s), poll_interval_s=float(cfg.poll_interval_s),
+        check=check, yes=yes)
+
+
+@task(
+    iterable=["inventory"],
+    help={
+        "component": "component to upgrade (a key of mhops_release_components)",
+        "version": "version to deploy: <artifacts_dir>/<component>-<version>.tar.gz",
+        "rollback_plan": "show the full rollback plan (steps and commands per host)",
+        "check": "stop after the risk assessment and the written plan: no host changes",
+        "yes": "go ahead although the risk is high",
+        "allow_downgrade": "allow a version older than the live one",
+        "serial": "hosts per batch (0: all at once); default release.serial",
+        "max_fail_percentage": "failed hosts tolerated per batch, percent; default 0",
+        "inventory": "inventory file or folder (repeatable); default release.inventory",
+        "limit": "Ansible host pattern among the component's hosts",
+        "artifacts_dir": "folder of release tarballs on this machine",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+        "junit": "also write JUnit XML here (one test case per host x check)",
+        "prom_textfile": "also write Prometheus gauges into this textfile-collector folder",
+    },
+)
+def upgrade(c, component=None, version=None, rollback_plan=False, check=False, yes=False,
+            allow_downgrade=False, serial=None, max_fail_percentage=None, inventory=None,
+            limit=None, artifacts_dir=None, lang=None, operator=None, junit=None,
+            prom_textfile=None):
+    """Upgrade a component: risk assessment, rollback plan, gated rolling deploy, record."""
+    from mhops import releases
+
+    cfg = c.config.release
+    if not version:
+        raise Exit("error: --version is required", code=3)
+    common = _release_common(c, component, inventory, limit, lang, operator, check, yes)
+    with _exits():
+        targets = _targets(junit, prom_textfile)
+        _announce_rollbacks(c, common["inventory"])
+        outcome = releases.upgrade(releases.UpgradeOptions(
+            **common,
+            version=version, artifacts_dir=_path(artifacts_dir or cfg.artifacts_dir),
+            show_plan=rollback_plan, allow_downgrade=allow_downgrade,
+            serial=int(serial if serial is not None else cfg.serial),
+            max_fail_percentage=float(max_fail_percentage if max_fail_percentage is not None
+                                      else cfg.max_fail_percentage),
+            keep=int(cfg.keep), backup_max_age_hours=float(cfg.backup_max_age_hours),
+            switch_delay_s=int(cfg.switch_delay_s)))
+    _after_run(c, outcome, targets, common["inventory"], send=False)
+    _exit_with(outcome)
+
+
+@task(
+    iterable=["inventory"],
+    help={
+        "component": "component to roll back",
+        "to": "version to return to (default: the release the live one replaced)",
+        "check": "only show and record what would be rolled back",
+        "yes": "accepted for symmetry with upgrade",
+        "inventory": "inventory file or folder (repeatable); default release.inventory",
+        "limit": "Ansible host pattern among the component's hosts",
+        "lang": "record language: zh-CN (default) or en",
+        "operator": "执行人 written in the record",
+    },
+)
+def rollback(c, component=None, to=None, check=False, yes=False, inventory=None, limit=None,
+             lang=None, operator=None):
+    """Roll a component back (or finish an interrupted upgrade's rollback), with a record."""
+    from mhops import releases
+
+    common = _release_common(c, component, inventory, limit, lang, operator, check, yes)
+    with _exits():
+        _announce_rollbacks(c, common["inventory"])
+        outcome = releases.rollback(releases.RollbackOptions(**common, to=to))
+    _exit_with(outcome)
+
+
+@task(iterable=["inventory"], help={
+    "component": "only this component (default: every component in the inventory)",
+    "inventory": "inventory file or folder (repeatable); default release.inventory",
+    "limit": "Ansible host pattern"})
+def versions(c, component=None, inventory=None, limit=None):
+    """Table of component x host: live version, previous version, deployed at."""
+    from mhops import releases
+
+    cfg, m = c.config.release, c.config.mhops
+    with _exits():
+        rows = releases.versions([str(_path(i)) for i in (inventory or [cfg.inventory])],
+                                 component=component, limit=limit,
+                                 vault_password_file=m.vault_password_file or None)
+    if any(r["error"] for r in rows):
+        raise Exit(code=2)
+
+
 def _listening(port: int) -> bool:
     import socket
 
@@ -1023,4 +1135,4 @@ kb.add_task(kb_search, "search")
 kb.add_task(kb_check, "check")
 kb.add_task(kb_export, "export")
 ns = Collection(inspect, test, schedule, backup, demo, db, drill, perf, incident, notify_ns,
-                report, patch, security, runbook, kb)
+                report, patch, security, runbook, kb, upgrade, rollback, versions)

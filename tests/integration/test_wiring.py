@@ -56,3 +56,57 @@ def test_quarterly_bundle_carries_the_knowledge_base_faq(tmp_path):
     names = zipfile.ZipFile(bundle).namelist()
     assert any(n.endswith("faq/faq.md") for n in names), names
     assert any(n.endswith("faq/faq.html") for n in names), names
+
+
+def test_every_rollback_is_announced_to_the_channels(tmp_path):
+    """tasks.upgrade/rollback register the notifier: a rollback record reaches a webhook."""
+    import importlib.util
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from invoke import Config, Context
+
+    from mhops import releases
+
+    got: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = b'{"errcode": 0, "errmsg": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = importlib.util.spec_from_file_location("mhops_tasks", REPO / "tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    cfg = Config(project_location=str(REPO))
+    cfg.load_project()
+    cfg.set_runtime_path(None)
+    cfg.load_overrides({"mhops": {"records_dir": str(tmp_path / "records"),
+                                  "state_dir": str(tmp_path / "state")},
+                        "notify": {"channels": [{
+                            "name": "ops", "type": "wecom",
+                            "webhook": f"http://127.0.0.1:{server.server_port}/send?key=k"}]}})
+    before = list(releases._ROLLBACK_LISTENERS)
+    try:
+        tasks._announce_rollbacks(Context(cfg), [str(REPO / "inventory" / "local.yml")])
+        (listener,) = [f for f in releases._ROLLBACK_LISTENERS if f not in before]
+        listener({"kind": "rollback", "run_id": "20261128T000000Z-rollback", "lang": "zh-CN",
+                  "status": "critical", "exit_code": 2, "outcome": "rolled_back",
+                  "rolled_back": True, "component": "sample", "version_from": "3.0.0",
+                  "version_to": "2.0.0", "hosts": ["h1"], "headline": "sample 3.0.0 已回退"},
+                 tmp_path)
+    finally:
+        releases._ROLLBACK_LISTENERS[:] = before
+        server.shutdown()
+    (msg,) = got
+    assert "sample 3.0.0 已回退" in json.dumps(msg, ensure_ascii=False)

@@ -1,0 +1,1 @@
+ALTER TABLE appointments_queue DROP COLUMN channel;

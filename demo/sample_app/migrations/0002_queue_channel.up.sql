@@ -1,0 +1,1 @@
+ALTER TABLE appointments_queue ADD COLUMN channel TEXT NOT NULL DEFAULT 'wechat';
