@@ -267,7 +267,7 @@ def demo_seed_db(c, engine="both", database=None, size=1, drop=False, seed=20261
             rows = dbseed.seed(e, host=server.host, port=int(server.port), user=server.user,
                                password=os.environ.get(server.password_env or "", ""),
                                database=database or cfg.database, size=int(size), drop=drop,
-                               seed=int(seed), timezone=c.config.mhops.timezone)
+                               seed=int(seed))
         print(f"{e}: {database or cfg.database}: " + ", ".join(
             f"{t} {n}" for t, n in rows.items()) + f" ({sum(rows.values())} rows)")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from mhops.errors import MhopsError
@@ -127,28 +127,11 @@ def counts(size: int) -> dict[str, int]:
             **{t: n * size for t, n in _PER_SIZE.items()}}
 
 
-HOSPITAL_TZ = "Asia/Shanghai"
-
-
-def local_today(timezone: str = HOSPITAL_TZ, now: datetime | None = None) -> date:
-    """Today in the hospital's time zone: the day drills and clinicians call "today".
-
-    The machine's own date (UTC on servers) is a different day for eight hours of every
-    day, and a drill's "today's appointments" smoke query then found none.
-    """
-    now = now or datetime.now(UTC)
-    try:
-        from zoneinfo import ZoneInfo
-        return now.astimezone(ZoneInfo(timezone)).date()
-    except Exception:  # no tz database: the machine's zone
-        return now.astimezone().date()
-
-
-def generate(size: int = 1, seed: int = 20261128, base_date: date | None = None,
-             timezone: str = HOSPITAL_TZ) -> Iterator[tuple[str, list[tuple]]]:
+def generate(size: int = 1, seed: int = 20261128,
+             base_date: date | None = None) -> Iterator[tuple[str, list[tuple]]]:
     """Yield (table, rows) batches in load order; deterministic for seed/size/base date."""
     rng = random.Random(seed)
-    base = base_date or local_today(timezone)
+    base = base_date or date.today()
     base_ts = datetime.combine(base, datetime.min.time())
     n = counts(size)
     yield "departments", [(i + 1, f"D{i + 1:03d}", name, ("总院", "东院", "西院")[i % 3])
@@ -275,7 +258,7 @@ def _ensure_database(engine: str, conn_args: dict[str, Any], database: str) -> N
 
 def seed(engine: str, *, host: str, port: int, user: str, password: str, database: str,
          size: int = 1, drop: bool = False, seed: int = 20261128,
-         base_date: date | None = None, timezone: str = HOSPITAL_TZ) -> dict[str, int]:
+         base_date: date | None = None) -> dict[str, int]:
     """Create the schema in `database` (created when missing) and load it; rows per table.
 
     `drop` removes the schema's own tables first (never anything else); without it an
@@ -301,7 +284,7 @@ def seed(engine: str, *, host: str, port: int, user: str, password: str, databas
             conn.autocommit = False  # one transaction: a failed load leaves nothing behind
         for stmt in _ddl(engine):
             cur.execute(stmt)
-        for table, rows in generate(size, seed, base_date, timezone):
+        for table, rows in generate(size, seed, base_date):
             if not rows:
                 continue
             if engine == "postgresql":
