@@ -257,11 +257,12 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
     "engine": "postgresql or mariadb", "backup": "backup file path, or latest (default)",
     "target": "scratch (default), HOST:PORT, host=..,port=..,dir=.., or an mhops_databases name",
     "name": "logical database name when several match", "inventory": "inventory (repeatable)",
+    "limit": "Ansible host pattern: the database host(s) holding the backup",
     "lang": "zh-CN or en", "operator": "执行人",
     "smoke_day": "YYYY-MM-DD or today (default: backup day)",
     "department": "department code for the smoke query"})
 def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=None,
-          lang=None, operator=None, smoke_day=None, department=None):
+          limit=None, lang=None, operator=None, smoke_day=None, department=None):
     """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
     from mhops import drill as drills
 
@@ -272,7 +273,8 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         records_dir=_path(m.records_dir),
         inventory=[str(_path(i))
                    for i in (inventory or [d.inventory or c.config.inspect.inventory])],
-        engine=engine, name=name, backup=backup or "latest", target=target or d.target,
+        limit=limit, engine=engine, name=name, backup=backup or "latest",
+        target=target or d.target,
         backup_dir=d.backup_dir or c.config.backup.dir, scratch_dir=d.scratch_dir,
         rto_target_minutes=float(d.rto_target_minutes),
         rpo_target_hours=float(d.rpo_target_hours),

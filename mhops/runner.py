@@ -53,8 +53,13 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
                  task_action: str | None = None, redactor: Redactor | None = None,
                  on_host: Callable[[HostOutcome], None] | None = None,
                  keep_artifacts: Path | None = None, timeout: int | None = None,
-                 envvars: dict[str, str] | None = None) -> PlaybookRun:
-    """Run `playbook` and return the outcome of `task_action` per host (last one wins)."""
+                 envvars: dict[str, str] | None = None,
+                 cancel_callback: Callable[[], bool] | None = None) -> PlaybookRun:
+    """Run `playbook` and return the outcome of `task_action` per host (last one wins).
+
+    Without `cancel_callback` ansible-runner installs its own SIGINT/SIGTERM handlers
+    (cancelling the run) and leaves them in place afterwards.
+    """
     import ansible_runner
 
     redactor = redactor or Redactor()
@@ -104,6 +109,7 @@ def run_playbook(playbook: str, *, inventory: list[str], limit: str | None = Non
             quiet=True,
             suppress_output_file=True,
             timeout=timeout,
+            cancel_callback=cancel_callback,
         )
         artifacts = None
         if keep_artifacts:
