@@ -1,0 +1,180 @@
+"""`drill restore` of a backup that lives on a database host reached over SSH.
+
+A loopback sshd host (octet 61) holds the backups: `backup.run` writes them there
+through Ansible, and the drill stages the chosen one through playbooks/drill.yml
+(.in-use mark, fetch with checksums compared on both ends) before restoring it into a
+throwaway instance on this machine. A corrupted remote backup fails loudly, and a
+production target is refused before anything is written on either machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_ID, no_leak
+
+from mhops import backup, dbseed, drill
+from mhops.errors import MhopsError
+from mhops.lab import SshLab
+
+SERVERS = {"postgresql": {"host": "127.0.0.1", "port": 5432, "user": "postgres"},
+           "mariadb": {"host": "127.0.0.1", "port": 3306, "user": "root"}}
+DB = f"mhq_drill_{os.getpid()}"
+NAMES = {"postgresql": "mhq_pg", "mariadb": "mhq_my"}
+SECRET = "mhq-planted-Secret-7f3a"
+HOST = "mhqdb1"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.fail("openssh-server is not installed: run the tests with `invoke test`")
+    root = tmp_path_factory.mktemp("drill_remote")
+    # The scratch servers run as postgres/mysql: they must enter the scratch parent.
+    scratch = Path(tempfile.mkdtemp(prefix="mhq_scratch_"))
+    os.chmod(scratch, 0o711)
+    backups = root / "remote-backups"
+    # PostgreSQL trusts loopback and ignores the planted password; MariaDB's root has none.
+    secret = {"postgresql": "{{ vault_mhq_password }}", "mariadb": ""}
+    entries = [{"name": NAMES[e], "engine": e, **s, "password": secret[e],
+                "database": DB, "production": False, "backup_dir": str(backups)}
+               for e, s in SERVERS.items()]
+    entries.append({"name": "mhq_his", "engine": "postgresql", **SERVERS["postgresql"],
+                    "password": "{{ vault_mhq_password }}", "database": "postgres",
+                    "production": True})
+    try:
+        for engine, server in SERVERS.items():
+            dbseed.seed(engine, database=DB, size=1, drop=True, password="", **server)
+            conn = dbseed.connect(engine, database=DB, password="", **server)
+            with conn.cursor() as cur:  # a patient identifier that must never reach a record
+                cur.execute("UPDATE departments SET name = %s WHERE code = 'D002'", (FAKE_ID,))
+            conn.commit()
+            conn.close()
+        with SshLab(root / "lab", 1, first_octet=61, prefix="mhqdb") as lab:
+            inv = lab.write_inventory(root / "hosts.yml", hostvars={HOST: {
+                # The lab host is this machine: its Python has the database drivers.
+                "ansible_python_interpreter": sys.executable,
+                "vault_mhq_password": SECRET, "mhops_databases": entries}})
+            out = backup.run(backup.RunOptions(
+                inventory=[str(inv)], records_dir=root / "records", state_dir=root / "state",
+                databases=list(NAMES.values()), echo=lambda line: None))
+            assert out.exit_code == 0, out.record
+            yield {"root": root, "inventory": inv, "backups": backups, "scratch": scratch,
+                   "records": root / "records"}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        for engine, server in SERVERS.items():
+            dbseed.drop_database(engine, database=DB, password="", **server)
+
+
+def _opts(site, **kw):
+    base = {"records_dir": site["records"], "inventory": [str(site["inventory"])],
+            "limit": HOST, "scratch_dir": str(site["scratch"]), "operator": "演练员",
+            "echo": lambda line: None}
+    return drill.Options(**{**base, **kw})
+
+
+def _newest(site, engine) -> Path:
+    folder = site["backups"] / NAMES[engine]
+    m = json.loads(sorted(folder.glob("*.manifest.json"))[-1].read_text())
+    return folder / m["file"]
+
+
+def _clean(site, engine) -> None:
+    folder = site["backups"] / NAMES[engine]
+    assert not (folder / ".in-use").exists()
+    assert not list(site["scratch"].glob("mhops-drill-*"))
+    assert not list(site["scratch"].glob("mhops-stage-*"))
+
+
+@pytest.mark.parametrize("engine", list(SERVERS))
+def test_remote_backup_is_fetched_restored_and_verified(site, engine):
+    out = drill.run(_opts(site, engine=engine, name=NAMES[engine]))
+    r = out.record
+    assert out.exit_code == 0, r["reason"]
+    assert r["outcome"] == "passed" and r["status"] == "passed" and r["headline"]
+    assert r["backup"]["file"] == _newest(site, engine).name
+    assert r["backup"]["path"] == str(_newest(site, engine))
+    assert r["staging"]["db_host"] == HOST and r["staging"]["transfer"] == "fetched"
+    assert r["staging"]["fetch_checksum_sha1"]
+    assert r["staging"]["marked_in_use"] is True and r["staging"]["released"] is True
+    steps = {s["step"]: s for s in r["steps"]}
+    assert steps["fetch"]["status"] == "ok" and "fetched from mhqdb1" in steps["fetch"]["detail"]
+    assert steps["checksum"]["status"] == "ok" and steps["restore"]["status"] == "ok"
+    assert r["backup"]["sha256_actual"] == r["backup"]["sha256_manifest"]
+    assert r["verification"]["canary"]["present"] is True
+    assert all(t["status"] == "ok" for t in r["verification"]["tables"])
+    assert r["verification"]["smoke"]["rows"] >= 1
+    assert r["rto"]["status"] == "ok" and r["rpo"]["status"] == "ok"
+    _clean(site, engine)
+    md = (out.record_dir / "record.md").read_text()
+    assert "数据库主机" in md and HOST in md
+    no_leak([site["records"]], FAKE_ID, SECRET)
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x01]))
+
+
+def test_corrupt_remote_backup_fails_loudly(site):
+    dump = _newest(site, "postgresql")
+    original = dump.read_bytes()
+    _flip(dump, len(original) // 2)
+    try:
+        out = drill.run(_opts(site, engine="postgresql", name=NAMES["postgresql"]))
+    finally:
+        dump.write_bytes(original)
+    r = out.record
+    assert out.exit_code == 2 and r["outcome"] == "failed"
+    assert "sha256 differs from the manifest" in r["reason"]
+    assert r["backup"]["file"] == dump.name  # no fallback to another backup
+    steps = {s["step"]: s for s in r["steps"]}
+    assert steps["fetch"]["status"] == "ok" and steps["checksum"]["status"] == "failed"
+    assert steps["restore"]["status"] == "skipped"
+    assert r["staging"]["released"] is True
+    assert "失败" in (out.record_dir / "record.md").read_text()
+    _clean(site, "postgresql")
+
+
+def test_truncated_remote_mariadb_dump_fails(site):
+    dump = _newest(site, "mariadb")
+    original = dump.read_bytes()
+    dump.write_bytes(original[: len(original) * 2 // 3])
+    try:
+        out = drill.run(_opts(site, engine="mariadb", lang="en"))
+    finally:
+        dump.write_bytes(original)
+    assert out.exit_code == 2
+    assert "truncated" in out.record["reason"]
+    _clean(site, "mariadb")
+
+
+def test_production_target_refused_before_anything_is_written(site):
+    before = sorted(p.name for p in site["records"].iterdir())
+    with pytest.raises(MhopsError, match="refusing.*marked production"):
+        drill.run(_opts(site, engine="postgresql", name=NAMES["postgresql"], target="mhq_his"))
+    with pytest.raises(MhopsError, match="PGHOST/PGPORT"):
+        os.environ["PGPORT"] = "5432"
+        try:
+            drill.run(_opts(site, engine="postgresql", name=NAMES["postgresql"]))
+        finally:
+            del os.environ["PGPORT"]
+    assert sorted(p.name for p in site["records"].iterdir()) == before
+    _clean(site, "postgresql")
+
+
+def test_missing_remote_backup_is_bad_input(site):
+    with pytest.raises(MhopsError, match="backup file does not exist"):
+        drill.run(_opts(site, engine="postgresql", name=NAMES["postgresql"],
+                        backup=str(site["backups"] / "nope-20260101T000000Z.dump")))
+    _clean(site, "postgresql")
