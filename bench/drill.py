@@ -138,7 +138,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--min-mb", type=int, default=200)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--database", default="mhd_bench", help="name of the generated database")
     args = ap.parse_args()
+    global DB
+    DB = args.database
     work = Path(tempfile.mkdtemp(prefix="mhd_bench_"))
     os.chmod(work, 0o711)  # the scratch servers run as postgres
     try:

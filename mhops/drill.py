@@ -238,14 +238,27 @@ def run(opts: Options) -> records.Outcome:
         staging_parent=parent, vault_password_file=opts.vault_password_file,
         redactor=redactor)
     opts.echo(f"{words['title']}: {opts.backup or 'latest'} @ {host}")
+    interrupted = ""
     with _signals_as_interrupts():
-        with steps("fetch") as s:
-            staged = drill_stage.stage(where)
-            s["detail"] = staged.detail
-            if staged.error:
-                s["status"] = BAD
+        try:
+            with steps("fetch") as s:
+                staged = drill_stage.stage(where)
+                s["detail"] = staged.detail
+                if staged.error:
+                    s["status"] = BAD
+        except (KeyboardInterrupt, Interrupted) as exc:
+            # Whether the cancelled stage had written its .in-use line is unknown: leave it
+            # to an operator rather than risk removing the line of another drill.
+            interrupted = reason_of(exc)
+            given = opts.backup not in ("", "latest")
+            staged = drill_stage.Staged(
+                host=host, source_path=opts.backup if given else None,
+                file=Path(opts.backup).name if given else None,
+                error=f"{interrupted} while staging the backup; check {host} for a "
+                      ".in-use line left behind")
         try:
             ctx = _context(opts, staged, entry, entries, target, steps, t0, started)
+            ctx.interrupted = bool(interrupted)
             if parent:
                 scratch.sweep_stale(Path(parent))
             else:
@@ -272,12 +285,15 @@ def _context(opts: Options, staged: drill_stage.Staged, entry: dict[str, Any] | 
     engine = ((manifest or {}).get("engine") or (entry or {}).get("engine") or opts.engine
               or ("postgresql" if str(staged.file).endswith(".dump") else None))
     if engine not in ENGINES:
-        raise MhopsError("cannot tell the engine of this backup: give --engine",
-                         path=staged.source_path)
+        if not staged.error:
+            raise MhopsError("cannot tell the engine of this backup: give --engine",
+                             path=staged.source_path)
+        engine = "unknown"  # the staging failed before the backup said what it is
     if opts.engine and engine != opts.engine:
         raise MhopsError(f"the backup is a {engine} backup, not {opts.engine}",
                          path=staged.source_path)
-    scratch.require_tools(engine)
+    if not staged.error:
+        scratch.require_tools(engine)
     if entry is None and manifest:
         entry = next((e for e in entries if e["name"] == manifest.get("name")
                       and e["engine"] == engine), None)
