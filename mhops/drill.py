@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -239,34 +240,44 @@ def run(opts: Options) -> records.Outcome:
         redactor=redactor)
     opts.echo(f"{words['title']}: {opts.backup or 'latest'} @ {host}")
     interrupted = ""
+    staged: drill_stage.Staged | None = None
+    early: _Early | None = None
+    # Once restored, the file has been read: release it while the verification runs.
+    releaser = _Once(lambda: staged and drill_stage.release(where, staged))
     with _signals_as_interrupts():
         try:
-            with steps("fetch") as s:
-                staged = drill_stage.stage(where)
-                s["detail"] = staged.detail
-                if staged.error:
-                    s["status"] = BAD
-        except (KeyboardInterrupt, Interrupted) as exc:
-            # Whether the cancelled stage had written its .in-use line is unknown: leave it
-            # to an operator rather than risk removing the line of another drill.
-            interrupted = reason_of(exc)
-            given = opts.backup not in ("", "latest")
-            staged = drill_stage.Staged(
-                host=host, source_path=opts.backup if given else None,
-                file=Path(opts.backup).name if given else None,
-                error=f"{interrupted} while staging the backup; check {host} for a "
-                      ".in-use line left behind")
-        try:
-            ctx = _context(opts, staged, entry, entries, target, steps, t0, started)
-            ctx.interrupted = bool(interrupted)
             if parent:
                 scratch.sweep_stale(Path(parent))
             else:
                 scratch.sweep_stale()
+            try:
+                with steps("fetch") as s:
+                    if known_engine:  # the instance starts while the backup is staged
+                        early = _Early(_instance(known_engine, target), steps)
+                    staged = drill_stage.stage(where)
+                    s["detail"] = staged.detail
+                    if staged.error:
+                        s["status"] = BAD
+            except (KeyboardInterrupt, Interrupted) as exc:
+                # Whether the cancelled stage had written its .in-use line is unknown: leave
+                # it to an operator rather than risk removing the line of another drill.
+                interrupted = reason_of(exc)
+                given = opts.backup not in ("", "latest")
+                staged = drill_stage.Staged(
+                    host=host, source_path=opts.backup if given else None,
+                    file=Path(opts.backup).name if given else None,
+                    error=f"{interrupted} while staging the backup; check {host} for a "
+                          ".in-use line left behind")
+            ctx = _context(opts, staged, entry, entries, target, steps, t0, started)
+            ctx.interrupted = bool(interrupted)
+            ctx.on_restored = releaser.start
+            ctx.early, early = early, None  # from here the drill tears it down
             ctx.drill()
         finally:
             with _shielded():
-                drill_stage.release(where, staged)
+                if early is not None:  # staging or the manifest refused the run
+                    early.abandon()
+                releaser.finish()
         record = build_record(ctx)
         run_dir = records.write_run(opts.records_dir, KIND, record, redactor)
     opts.echo(f"{words['outcomes'][record['outcome']]} ({words['exit_code']} "
@@ -301,6 +312,65 @@ def _context(opts: Options, staged: drill_stage.Staged, entry: dict[str, Any] | 
                     Endpoint(engine, target.host, target.port, data_dir=target.data_dir,
                              name=target.name, production=target.production),
                     steps, t0, started, staged)
+
+
+def _instance(engine: str, target: Endpoint) -> scratch.Instance:
+    return scratch.Instance(engine, parent=Path(target.data_dir) if target.data_dir else None,
+                            host=target.host, port=target.port or 0)
+
+
+def _create_and_start(inst: scratch.Instance, steps: Steps) -> None:
+    with steps("initdb"):
+        inst.create()
+        inst.init()
+    with steps("start") as s:
+        inst.start()
+        s["detail"] = f"{inst.host}:{inst.port} {inst.version}"
+
+
+class _Early:
+    """The scratch instance created and started in the background while the backup is
+    staged (initdb and start do not need the backup); the drill waits for it."""
+
+    def __init__(self, instance: scratch.Instance, steps: Steps):
+        self.instance, self.error = instance, None
+        self.thread = threading.Thread(target=self._run, args=(steps,), name="drill-early",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, steps: Steps) -> None:
+        try:
+            _create_and_start(self.instance, steps)
+        except Exception as exc:  # handed to the drill thread by wait()
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        self.thread.join()
+        self.instance.stop()
+
+
+class _Once:
+    """Run `work` once: in the background from `start`, or inline from `finish`."""
+
+    def __init__(self, work: Callable[[], Any]):
+        self.work, self.thread, self.done = work, None, False
+
+    def start(self) -> None:
+        if self.thread is None and not self.done:
+            self.thread = threading.Thread(target=self.work, name="drill-release", daemon=True)
+            self.thread.start()
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        elif not self.done:
+            self.work()
+        self.done = True
 
 
 @contextmanager
@@ -360,6 +430,8 @@ class _Context:
     verified_at: float | None = None
     teardown: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
+    on_restored: Callable[[], None] | None = None
+    early: _Early | None = None
 
     @property
     def database(self) -> str:
@@ -369,11 +441,16 @@ class _Context:
         fmt = FORMATS.get(self.parsed[2] if self.parsed else "")
         if self.manifest and self.manifest.get("format"):
             fmt = self.manifest["format"]
-        inst = scratch.Instance(self.engine, parent=Path(self.target.data_dir)
-                                if self.target.data_dir else None,
-                                host=self.target.host, port=self.target.port or 0)
+        early = self.early
+        inst = early.instance if early else _instance(self.engine, self.target)
         self.instance = inst
         try:
+            if early:
+                early.wait()
+                if inst.engine != self.engine:  # the manifest overrules the inventory
+                    early.abandon()
+                    early = self.early = None
+                    inst = self.instance = _instance(self.engine, self.target)
             if self.staged.error:
                 raise DrillFailed(self.staged.error)
             if self.manifest_problem:
@@ -384,12 +461,8 @@ class _Context:
                 # The checksum runs while the instance starts; nothing is restored before
                 # it has matched the manifest.
                 digest = pool.submit(_sha256, self.backup)
-                with self.steps("initdb"):
-                    inst.create()
-                    inst.init()
-                with self.steps("start") as s:
-                    inst.start()
-                    s["detail"] = f"{inst.host}:{inst.port} {inst.version}"
+                if not early:
+                    _create_and_start(inst, self.steps)
                 with self.steps("checksum") as s:
                     self.sha256, size = digest.result()
                     s["detail"] = self._check_file(size)
@@ -399,6 +472,8 @@ class _Context:
                 inst.create_database(self.database)
                 inst.restore(self.backup, fmt, self.database, jobs=self.opts.jobs)
                 s["detail"] = f"{fmt} → {self.database}"
+            if self.on_restored:
+                self.on_restored()
             self._verify()
             self.verified_at = time.monotonic()
         except (DrillFailed, scratch.ScratchError) as exc:
@@ -411,6 +486,9 @@ class _Context:
                 if not any(i["step"] == step for i in self.steps.items):
                     self.steps.skip(step, "not reached")
             with _shielded(), self.steps("teardown") as s:
+                if self.early:
+                    self.early.thread.join()
+                inst = self.instance
                 inst.stop()
                 left = [p for p in (inst.root,) if p is not None and p.exists()]
                 alive = inst.proc is not None and inst.proc.poll() is None
