@@ -258,11 +258,13 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
     "target": "scratch (default), HOST:PORT, host=..,port=..,dir=.., or an mhops_databases name",
     "name": "logical database name when several match", "inventory": "inventory (repeatable)",
     "limit": "Ansible host pattern: the database host(s) holding the backup",
+    "check": "only show which backup would be restored where (nothing marked or fetched)",
     "lang": "zh-CN or en", "operator": "执行人",
     "smoke_day": "YYYY-MM-DD or today (default: backup day)",
     "department": "department code for the smoke query"})
 def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=None,
-          limit=None, lang=None, operator=None, smoke_day=None, department=None):
+          limit=None, lang=None, operator=None, smoke_day=None, department=None,
+          check=False):
     """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
     from mhops import drill as drills
 
@@ -283,7 +285,8 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         smoke_day=smoke_day or "", smoke_min_rows=int(d.smoke_min_rows),
         compare_source=bool(d.compare_source), jobs=int(d.jobs), lang=lang or m.lang,
         operator=operator or m.operator, timezone=m.timezone,
-        vault_password_file=m.vault_password_file or None)
+        vault_password_file=m.vault_password_file or None, check=check,
+        stage_local=d.stage_local or "direct")
     with _exits():
         outcome = drills.run(opts)
     _exit_with(outcome)

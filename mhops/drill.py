@@ -73,6 +73,8 @@ class Options:
     operator: str = ""
     timezone: str = "Asia/Shanghai"
     vault_password_file: str | None = None
+    check: bool = False
+    stage_local: str = "direct"      # or "ansible": see drill_stage.Settings.direct_local
     echo: Callable[[str], None] = print
 
 
@@ -205,6 +207,8 @@ def run(opts: Options) -> records.Outcome:
     words = records.labels(opts.lang)[KIND]
     if opts.engine and opts.engine not in ENGINES:
         raise MhopsError(f"unknown engine {opts.engine!r}; valid: {', '.join(ENGINES)}")
+    if opts.stage_local not in ("direct", "ansible"):
+        raise MhopsError(f"drill.stage_local must be direct or ansible, got {opts.stage_local!r}")
     # Production is judged over the whole inventory; --limit only narrows the database.
     entries, everything = _entries(opts, None) if opts.inventory else ([], None)
     chosen, selection = (_entries(opts, opts.limit) if opts.inventory and opts.limit
@@ -237,8 +241,10 @@ def run(opts: Options) -> records.Outcome:
         name=str((entry or {}).get("name") or opts.name or ""), backup=opts.backup,
         backup_dir=str((entry or {}).get("backup_dir") or opts.backup_dir or ""),
         staging_parent=parent, vault_password_file=opts.vault_password_file,
-        redactor=redactor)
+        redactor=redactor, direct_local=opts.stage_local != "ansible")
     opts.echo(f"{words['title']}: {opts.backup or 'latest'} @ {host}")
+    if opts.check:
+        return _plan(opts, where, target)
     interrupted = ""
     staged: drill_stage.Staged | None = None
     early: _Early | None = None
@@ -284,6 +290,23 @@ def run(opts: Options) -> records.Outcome:
               f"{record['exit_code']}): {record['reason'] or ''}".rstrip(": "))
     opts.echo(str(run_dir))
     return records.Outcome(exit_code=record["exit_code"], record_dir=run_dir, record=record)
+
+
+def _plan(opts: Options, where: drill_stage.Settings, target: Endpoint) -> records.Outcome:
+    """--check: which backup the drill would restore, and where; nothing marked or written."""
+    staged = drill_stage.stage(where, plan_only=True)
+    how = "fetched to this machine" if staged.transfer == "fetched" else "used in place"
+    plan = {"check_mode": True, "db_host": staged.host, "backup": staged.source_path,
+            "size": staged.size, "transfer": staged.transfer,
+            "manifest_problem": staged.manifest_problem or None,
+            "target": f"scratch {target.host}:{target.port} under "
+                      f"{target.data_dir or 'the temp folder'}"}
+    opts.echo(f"would restore {staged.source_path} ({staged.size} bytes) from {staged.host}, "
+              f"{how}, into a {plan['target']}")
+    if staged.manifest_problem:
+        opts.echo(f"the drill would fail: {staged.manifest_problem}")
+    opts.echo("(check mode: nothing marked, fetched, restored or recorded)")
+    return records.Outcome(exit_code=0, record_dir=None, record=plan)
 
 
 def _context(opts: Options, staged: drill_stage.Staged, entry: dict[str, Any] | None,

@@ -109,7 +109,7 @@ def build_record(ctx: Any) -> dict[str, Any]:
                    "server_version": m.get("server_version"), "tool": m.get("tool"),
                    "host": m.get("host"), "chosen": "latest" if opts.backup in ("", "latest")
                    else "path"},
-        "staging": {"db_host": staged.host, "transfer": staged.transfer,
+        "staging": {"db_host": staged.host, "transfer": staged.transfer, "via": staged.via,
                     "drill_host": "control node", "staged_path": staged.path,
                     "fetch_checksum_sha1": staged.checksum, "marked_in_use": staged.marked,
                     "released": staged.released, "error": staged.error},

@@ -4,9 +4,10 @@ Owns running ``playbooks/drill.yml`` (role ``mhops_drill``) through ``mhops.runn
 ``stage`` chooses the backup on the database host (the given path or the newest
 complete one), finds its manifest, lists it in ``.in-use`` and, unless that host is the
 control node itself, fetches both into a private per-run folder (checksums compared on
-both ends); ``release`` removes the ``.in-use`` line afterwards. Also owns that staging
-folder: created 0700 next to the scratch folders, removed after the drill, and swept
-when a drill killed outright left one behind.
+both ends); ``release`` removes the ``.in-use`` line afterwards. A database host that
+is this machine is served in-process by the same rules (``mhops.drill_files``) unless
+``direct_local`` is off. Also owns the staging folder: created 0700 next to the scratch
+folders, removed after the drill, and swept when a drill killed outright left one.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mhops import runner
+from mhops import drill_files, runner
 from mhops.drill_record import Interrupted
 from mhops.errors import MhopsError
 from mhops.redact import Redactor
 
 PLAYBOOK = "playbooks/drill.yml"
 PREFIX = "mhops-stage-"
+DEFAULT_BACKUP_DIR = "/var/backups/mhops"  # as mhops_drill_backup_dir
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Staged:
     marked: bool = False
     checksum: str | None = None      # sha1 compared on both ends by the fetch
     error: str = ""                  # the transfer failed: the drill fails with this reason
+    via: str = "ansible"             # or "in-process" (the database host is this machine)
     released: bool | None = None
     folder: Path | None = None
 
@@ -68,6 +71,19 @@ class Settings:
     staging_parent: str | None = None
     vault_password_file: str | None = None
     redactor: Redactor | None = None
+    # A database host that is this machine is served in-process by the same code the
+    # role's module runs (mhops.drill_files): two ansible-playbook runs cost more CPU
+    # than the rest of a small drill. False sends it through the playbook as well.
+    direct_local: bool = True
+
+    @property
+    def direct(self) -> bool:
+        return self.local and self.direct_local
+
+    @property
+    def folder(self) -> str:
+        base = self.backup_dir or DEFAULT_BACKUP_DIR
+        return f"{base.rstrip('/')}/{self.name}" if self.name else ""
 
 
 def _run(s: Settings, extravars: dict[str, Any], cancellable: bool) -> runner.HostOutcome:
@@ -116,10 +132,15 @@ def _cancel_on_signals(cancellable: bool) -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def stage(s: Settings) -> Staged:
-    """Choose, mark and (if remote) fetch the backup; MhopsError when there is none."""
+def stage(s: Settings, plan_only: bool = False) -> Staged:
+    """Choose, mark and (if remote) fetch the backup; MhopsError when there is none.
+
+    `plan_only` only chooses it: nothing is marked, fetched or created.
+    """
+    if s.direct:
+        return _stage_here(s, plan_only)
     folder = None
-    if not s.local:
+    if not s.local and not plan_only:
         parent = Path(s.staging_parent or tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(parent)
@@ -129,9 +150,10 @@ def stage(s: Settings) -> Staged:
     try:
         o = _run(s, {"mhops_drill_action": "stage", "mhops_drill_name": s.name,
                      "mhops_drill_backup": s.backup or "latest",
-                     "mhops_drill_backup_dir": s.backup_dir or "/var/backups/mhops",
+                     "mhops_drill_backup_dir": s.backup_dir or DEFAULT_BACKUP_DIR,
                      "mhops_drill_staging_dir": str(folder or tempfile.gettempdir()),
-                     "mhops_drill_transfer": "auto" if s.local else "fetch"}, True)
+                     "mhops_drill_transfer": "auto" if s.local else "fetch",
+                     "mhops_drill_plan_only": plan_only}, True)
         msg = o.result.get("msg") if o.status == runner.OK else None
         if not isinstance(msg, dict):
             raise MhopsError(f"staging the backup on {s.host} failed ({o.status}): "
@@ -155,10 +177,28 @@ def stage(s: Settings) -> Staged:
         raise
 
 
+def _stage_here(s: Settings, plan_only: bool) -> Staged:
+    try:
+        path = drill_files.locate(s.backup or "latest", s.folder, s.name)
+        manifest, problem = drill_files.manifest_of(path)
+        if not plan_only:
+            drill_files.mark(os.path.dirname(path), os.path.basename(path))
+    except drill_files.BackupNotFound as exc:
+        raise MhopsError(str(exc)) from exc
+    except OSError as exc:
+        raise MhopsError(f"{exc.strerror or exc}", path=exc.filename) from exc
+    return Staged(host=s.host, source_path=path, file=os.path.basename(path),
+                  size=os.path.getsize(path), path=path, manifest=manifest,
+                  manifest_problem=problem, marked=not plan_only, via="in-process")
+
+
 def release(s: Settings, staged: Staged) -> Staged:
     """Remove the backup's ``.in-use`` line on its host and the staged copy; never raises."""
     try:
-        if staged.marked and staged.source_path:
+        if staged.marked and staged.source_path and s.direct:
+            staged.released = drill_files.release(os.path.dirname(staged.source_path),
+                                                  os.path.basename(staged.source_path))
+        elif staged.marked and staged.source_path:
             o = _run(s, {"mhops_drill_action": "release",
                          "mhops_drill_path": staged.source_path}, False)
             msg = o.result.get("msg") if o.status == runner.OK else None
@@ -167,7 +207,7 @@ def release(s: Settings, staged: Staged) -> Staged:
                 staged.error = "; ".join(filter(None, [
                     staged.error, f"the .in-use mark on {s.host} was not released: "
                                   f"{o.message}"]))
-    except MhopsError as exc:
+    except (MhopsError, OSError) as exc:
         staged.released = False
         staged.error = "; ".join(filter(None, [staged.error, f"release failed: {exc}"]))
     finally:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_ID, no_leak
+import yaml
+from conftest import FAKE_ID, REPO, no_leak
 
 from mhops import backup, dbseed, drill
 from mhops.errors import MhopsError
@@ -177,4 +179,49 @@ def test_missing_remote_backup_is_bad_input(site):
     with pytest.raises(MhopsError, match="backup file does not exist"):
         drill.run(_opts(site, engine="postgresql", name=NAMES["postgresql"],
                         backup=str(site["backups"] / "nope-20260101T000000Z.dump")))
+    _clean(site, "postgresql")
+
+
+def test_invoke_drill_restore_with_limit(site):
+    env = dict(os.environ, INVOKE_MHOPS_RECORDS_DIR=str(site["records"]),
+               INVOKE_DRILL_SCRATCH_DIR=str(site["scratch"]), INVOKE_MHOPS_LANG="en")
+    base = [sys.executable, "-m", "invoke", "drill", "restore", "-i", str(site["inventory"]),
+            "--limit", HOST, "--name", NAMES["postgresql"]]
+    ok = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PASSED" in ok.stdout and HOST in ok.stdout
+    refused = subprocess.run([*base, "--target", "mhq_his"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 3 and "marked production" in refused.stderr
+    _clean(site, "postgresql")
+
+
+def test_check_mode_only_shows_the_plan(site):
+    before = sorted(p.name for p in site["records"].iterdir())
+    lines: list[str] = []
+    out = drill.run(_opts(site, name=NAMES["postgresql"], check=True, echo=lines.append))
+    assert out.exit_code == 0 and out.record_dir is None
+    assert out.record["backup"] == str(_newest(site, "postgresql"))
+    assert out.record["transfer"] == "fetched" and out.record["db_host"] == HOST
+    assert any("would restore" in line for line in lines)
+    assert sorted(p.name for p in site["records"].iterdir()) == before
+    _clean(site, "postgresql")
+
+
+def test_local_backup_through_the_playbook_too(site, tmp_path):
+    # The same backups seen as this machine's own: staged in-process by default, or
+    # through playbooks/drill.yml with stage_local=ansible; both pass the same way.
+    inv = tmp_path / "local.yml"
+    entries = yaml.safe_load(site["inventory"].read_text())
+    hostvars = entries["all"]["children"]["lab"]["hosts"][HOST]
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "vault_mhq_password": SECRET,
+        "mhops_databases": hostvars["mhops_databases"]}}}}))
+    for how, via in (("direct", "in-process"), ("ansible", "ansible")):
+        out = drill.run(_opts(site, inventory=[str(inv)], limit=None, name=NAMES["postgresql"],
+                              stage_local=how))
+        r = out.record
+        assert out.exit_code == 0, r["reason"]
+        assert r["staging"]["transfer"] == "in_place" and r["staging"]["via"] == via
+        assert r["staging"]["released"] is True
     _clean(site, "postgresql")
