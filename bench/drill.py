@@ -126,11 +126,12 @@ def floor(dump: Path, parent: Path) -> float:
 
 
 def run_drill(dump: Path, parent: Path, records: Path, inventory: Path,
-              limit: str | None = None) -> tuple[float, float]:
+              limit: str | None = None, stage_local: str = "direct") -> tuple[float, float]:
     t0 = time.monotonic()
     out = drill.run(drill.Options(records_dir=records, inventory=[str(inventory)], name=DB,
                                   limit=limit, backup=str(dump), scratch_dir=str(parent),
-                                  smoke_day="today", echo=lambda line: None))
+                                  smoke_day="today", stage_local=stage_local,
+                                  echo=lambda line: None))
     took = time.monotonic() - t0
     if out.exit_code != 0:
         raise SystemExit(f"drill did not pass: {out.record['reason']}")
@@ -146,6 +147,8 @@ def main() -> None:
     ap.add_argument("--remote-octet", type=int, default=0,
                     help="also drill the backup as held by a loopback SSH host 127.0.0.N "
                          "(fetched over SSH) and print that ratio too")
+    ap.add_argument("--stage-local", choices=["direct", "ansible"], default="direct",
+                    help="how the drill stages a backup on this machine (drill.stage_local)")
     args = ap.parse_args()
     global DB
     DB = args.database
@@ -178,7 +181,8 @@ def main() -> None:
         floors, drills, rtos, fetched = [], [], [], []
         for i in range(args.repeat):
             floors.append(floor(dump, work))
-            d, rto = run_drill(dump, work, work / "records", inventory)
+            d, rto = run_drill(dump, work, work / "records", inventory,
+                               stage_local=args.stage_local)
             drills.append(d)
             rtos.append(rto)
             line = (f"round {i + 1}: pg_restore floor {floors[-1]:.1f} s, drill {d:.1f} s "
