@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,31 @@ def test_local_backup_through_the_playbook_too(site, tmp_path):
         assert r["staging"]["transfer"] == "in_place" and r["staging"]["via"] == via
         assert r["staging"]["released"] is True
     _clean(site, "postgresql")
+
+
+def test_ctrl_c_while_staging_tears_down_and_records(site):
+    code = (
+        "import sys; from pathlib import Path; from mhops import drill\n"
+        f"o = drill.Options(records_dir=Path({str(site['records'])!r}), "
+        f"inventory=[{str(site['inventory'])!r}], limit={HOST!r}, name='mhq_pg', "
+        f"scratch_dir={str(site['scratch'])!r}, echo=lambda line: None)\n"
+        "sys.exit(drill.run(o).exit_code)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(site["scratch"].glob("mhops-stage-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    stderr = proc.stderr.read()
+    assert rc == 2, stderr
+    newest = max((p for p in site["records"].iterdir() if p.name.endswith("-drill")),
+                 key=lambda p: p.stat().st_mtime)
+    r = json.loads((newest / "record.json").read_text())
+    assert r["interrupted"] is True and "SIGINT" in r["reason"]
+    assert r["teardown"]["instance_stopped"] and r["teardown"]["folder_removed"]
+    assert not list(site["scratch"].glob("mhops-drill-*"))
+    assert not list(site["scratch"].glob("mhops-stage-*"))
+    # Cancelled mid-stage, the .in-use line may remain on purpose (the record says so).
+    (site["backups"] / NAMES["postgresql"] / ".in-use").unlink(missing_ok=True)
