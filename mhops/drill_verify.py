@@ -39,7 +39,7 @@ class Verifier:
     database: str
     manifest: dict[str, Any]
     entry: dict[str, Any] | None
-    opts: Any  # drill.Options: row_tolerance, sample_tables, compare_source, smoke_*, timezone
+    opts: Any  # drill.Options: row_tolerance, sample_tables, compare_source, smoke_*
     verification: dict[str, Any] = field(default_factory=dict)
 
     def _present(self) -> dict[str, str]:
@@ -221,12 +221,15 @@ class Verifier:
         return env
 
     def smoke(self) -> str:
+        # Days in the data are the database servers' own dates (CURRENT_DATE), not the
+        # records' display zone (mhops.timezone); the platform's servers and the machine
+        # running the scratch instance share a zone, so this machine's zone decides.
         day = self.opts.smoke_day or ""
         if day == "today":
-            day = datetime.now(UTC).astimezone(_tz(self.opts.timezone)).date().isoformat()
+            day = datetime.now(UTC).astimezone().date().isoformat()
         elif not day:
             when = records.parse_time((self.manifest or {}).get("started_at")) or datetime.now(UTC)
-            day = when.astimezone(_tz(self.opts.timezone)).date().isoformat()
+            day = when.astimezone().date().isoformat()
         try:
             date.fromisoformat(day)
         except ValueError as exc:
@@ -266,11 +269,3 @@ def _md5(blocks) -> str:
     for b in blocks:
         h.update(b)
     return h.hexdigest()
-
-
-def _tz(name: str):
-    try:
-        from zoneinfo import ZoneInfo
-        return ZoneInfo(name)
-    except Exception:  # no tz database: the machine's zone
-        return None
