@@ -1,7 +1,8 @@
 """Restore drills: ``invoke drill restore``, from choosing the backup to the DR drill record.
 
 Owns the order of a drill and what happens when a step fails or is interrupted:
-resolve the database and its host from the inventory (``--limit`` like other tasks),
+resolve the database and its host from the inventory (``mhops.drill_inputs``; ``--limit``
+like other tasks),
 refuse any target that is or could be production before anything is written anywhere
 (``mhops.drill_guards``), stage the backup from its database host through Ansible
 (``mhops.drill_stage``: marked in ``.in-use``, fetched with checksums when the host is
@@ -20,11 +21,8 @@ no record is written.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,16 +33,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mhops import drill_stage, records, scratch
-from mhops.drill_files import FORMATS, manifest_name, parse_name
-from mhops.drill_guards import Endpoint, is_loopback, parse_target, production_endpoints, refusals
+from mhops import drill_inputs, drill_stage, records, scratch
+from mhops.drill_files import FORMATS, parse_name
+from mhops.drill_guards import Endpoint, parse_target, production_endpoints, refusals
 from mhops.drill_record import KIND, Interrupted, Steps, build_record, reason_of
 from mhops.drill_rules import BAD
 from mhops.drill_verify import CHECKS, DrillFailed, Verifier
 from mhops.errors import MhopsError
 from mhops.redact import Redactor
 
-ENGINES = ("postgresql", "mariadb")
+ENGINES = drill_inputs.ENGINES
 STEPS = ("fetch", "initdb", "start", "checksum", "listening", "restore", *CHECKS)
 
 
@@ -78,127 +76,6 @@ class Options:
     echo: Callable[[str], None] = print
 
 
-# ---------------------------------------------------------------- inputs
-
-def _entries(opts: Options, limit: str | None) -> tuple[list[dict[str, Any]], Any]:
-    """Every mhops_databases entry of the selected hosts, with `_host` and `_local` added."""
-    from mhops.inventory import select
-
-    sel = select(opts.inventory, limit, opts.vault_password_file)
-    out = []
-    for h in sel.hosts:
-        dbs = h.vars.get("mhops_databases") or []
-        path, line = h.where("mhops_databases")
-        if not isinstance(dbs, list):
-            raise MhopsError(f"host {h.name}: mhops_databases must be a list", path=path,
-                             line=line)
-        for i, e in enumerate(dbs):
-            if not isinstance(e, dict) or e.get("engine") not in ENGINES or not e.get("name"):
-                raise MhopsError(f"host {h.name}: mhops_databases[{i}] needs a name and an "
-                                 f"engine ({' or '.join(ENGINES)})", path=path, line=line)
-            out.append(dict(e, _host=h.name, _local=h.local))
-    return out, sel
-
-
-def _choose_entry(entries: list[dict[str, Any]], opts: Options) -> dict[str, Any] | None:
-    pool = [e for e in entries if (not opts.engine or e["engine"] == opts.engine)
-            and (not opts.name or e["name"] == opts.name)]
-    if len(pool) == 1:
-        return pool[0]
-    if opts.backup not in ("", "latest") and not pool:
-        return None  # a backup file given by path needs no inventory entry
-    if not pool:
-        what = " ".join(filter(None, [opts.engine, opts.name])) or "any"
-        raise MhopsError(f"no mhops_databases entry matches {what} in "
-                         f"{', '.join(opts.inventory) or 'no inventory'}"
-                         + (f" --limit {opts.limit}" if opts.limit else ""))
-    if opts.backup not in ("", "latest"):
-        return None
-    raise MhopsError("several databases match: choose one with --name ("
-                     + ", ".join(sorted(e["name"] for e in pool)) + ")")
-
-
-def _db_host(entry: dict[str, Any] | None, selection: Any) -> tuple[str, bool]:
-    """The host holding the backup, and whether it is this machine (no fetch needed)."""
-    if entry:
-        return entry["_host"], bool(entry["_local"])
-    if selection is not None and selection.limit and len(selection.hosts) == 1:
-        h = selection.hosts[0]
-        return h.name, h.local
-    return "localhost", True  # a path without an inventory entry: on this machine
-
-
-def _read_manifest(path: str | None, problem: str, filename: str
-                   ) -> tuple[dict[str, Any] | None, str]:
-    mname = manifest_name(filename)
-    if problem or not path:
-        return None, problem or f"no manifest {mname}: the backup is incomplete"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return None, f"manifest {mname} is unreadable or corrupt: {exc}"
-    if not isinstance(data, dict):
-        return None, f"manifest {mname} does not hold an object"
-    missing = [k for k in ("engine", "database", "sha256", "size", "tables", "canary")
-               if k not in data]
-    if missing:
-        return data, f"manifest {mname} lacks {', '.join(missing)}"
-    if data.get("file") not in (None, filename):
-        return data, f"manifest {mname} names another file ({data.get('file')})"
-    if not isinstance(data["tables"], dict) or not all(
-            isinstance(v, int) for v in data["tables"].values()):
-        return data, f"manifest {mname}: tables must map table names to row counts"
-    return data, ""
-
-
-def _local_aliases() -> frozenset[str]:
-    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
-    for n in list(names):
-        try:
-            for info in socket.getaddrinfo(n, None):
-                names.add(str(info[4][0]).lower())
-        except OSError:
-            pass
-    return frozenset(filter(None, names))
-
-
-def _discover(prod: Endpoint, entry: dict[str, Any]) -> Endpoint:
-    """Ask a reachable production server on this machine for its data and socket folders.
-
-    Best effort and read-only (SHOW / SELECT @@); what cannot be learned stays unknown and
-    the host+port rule still applies.
-    """
-    if not is_loopback(prod.host) or prod.data_dir and prod.socket:
-        return prod
-    try:
-        if prod.engine == "postgresql":
-            env = dict(scratch.clean_env(), PGPASSWORD=str(entry.get("password") or ""),
-                       PGCONNECT_TIMEOUT="3")
-            res = subprocess.run(
-                ["psql", "-X", "-A", "-t", "-h", prod.host, "-p", str(prod.port), "-U",
-                 str(entry.get("user") or "postgres"), "-d", str(entry.get("database")),
-                 "-c", "SELECT current_setting('data_directory') || chr(9) || "
-                       "current_setting('unix_socket_directories')"],
-                capture_output=True, text=True, env=env, timeout=8)
-        else:
-            env = dict(scratch.clean_env(), MYSQL_PWD=str(entry.get("password") or ""))
-            res = subprocess.run(
-                ["mariadb", "--no-defaults", "-h", prod.host, "-P", str(prod.port), "-u",
-                 str(entry.get("user") or "root"), "--connect-timeout=3", "-N", "-B", "-e",
-                 "SELECT @@datadir, @@socket"], capture_output=True, text=True, env=env,
-                timeout=8)
-    except (OSError, subprocess.TimeoutExpired):
-        return prod
-    if res.returncode or "\t" not in res.stdout:
-        return prod
-    data_dir, sock = res.stdout.strip().split("\t", 1)
-    sock = sock.split(",")[0].strip()
-    return Endpoint(prod.engine, prod.host, prod.port, socket=prod.socket or sock or None,
-                    data_dir=prod.data_dir or data_dir.rstrip("/") or None, name=prod.name,
-                    production=True)
-
-
-
 # ---------------------------------------------------------------- the drill
 
 def run(opts: Options) -> records.Outcome:
@@ -210,11 +87,11 @@ def run(opts: Options) -> records.Outcome:
     if opts.stage_local not in ("direct", "ansible"):
         raise MhopsError(f"drill.stage_local must be direct or ansible, got {opts.stage_local!r}")
     # Production is judged over the whole inventory; --limit only narrows the database.
-    entries, everything = _entries(opts, None) if opts.inventory else ([], None)
-    chosen, selection = (_entries(opts, opts.limit) if opts.inventory and opts.limit
+    entries, everything = drill_inputs.entries(opts, None) if opts.inventory else ([], None)
+    chosen, selection = (drill_inputs.entries(opts, opts.limit) if opts.inventory and opts.limit
                          else (entries, everything))
-    entry = _choose_entry(chosen, opts)
-    host, local = _db_host(entry, selection)
+    entry = drill_inputs.choose_entry(chosen, opts)
+    host, local = drill_inputs.db_host(entry, selection)
     known_engine = (entry or {}).get("engine") or opts.engine
     if known_engine:
         scratch.require_tools(known_engine)
@@ -225,9 +102,9 @@ def run(opts: Options) -> records.Outcome:
     port = spec.port or scratch.free_port("127.0.0.1")
     target = Endpoint(known_engine or "", spec.host, port, data_dir=parent,
                       name=spec.entry or "", production=spec.production)
-    prod = [_discover(p, next(e for e in entries if e["name"] == p.name))
+    prod = [drill_inputs.discover(p, next(e for e in entries if e["name"] == p.name))
             for p in production_endpoints(entries)]
-    reasons = refusals(target, prod, os.environ, _local_aliases())
+    reasons = refusals(target, prod, os.environ, drill_inputs.local_aliases())
     if reasons:
         raise MhopsError("refusing the drill target: " + "; ".join(reasons))
     if spec.port and scratch.port_in_use(spec.host, spec.port):
@@ -313,7 +190,7 @@ def _context(opts: Options, staged: drill_stage.Staged, entry: dict[str, Any] | 
              entries: list[dict[str, Any]], target: Endpoint, steps: Steps, t0: float,
              started: datetime) -> _Context:
     """What the staged backup says about itself; MhopsError when it contradicts the request."""
-    manifest, problem = _read_manifest(staged.manifest, staged.manifest_problem,
+    manifest, problem = drill_inputs.read_manifest(staged.manifest, staged.manifest_problem,
                                        staged.file or "")
     parsed = parse_name(staged.file or "")
     engine = ((manifest or {}).get("engine") or (entry or {}).get("engine") or opts.engine
