@@ -89,8 +89,9 @@ def build_record(ctx: Any) -> dict[str, Any]:
         reason = "; ".join(filter(None, [reason, "teardown incomplete"]))
     staged = ctx.staged
     words = records.labels(opts.lang)[KIND]
-    name = m.get("name") or (ctx.parsed[0] if ctx.parsed else None)
-    headline = f"{words['title']}: {name or staged.file} — {words['outcomes'][outcome]}"
+    name = (m.get("name") or (ctx.parsed[0] if ctx.parsed else None)
+            or (ctx.entry or {}).get("name"))
+    headline = f"{words['title']}: {name or staged.file or '-'} — {words['outcomes'][outcome]}"
     if reason:
         headline += f" ({reason[:160]})"
     return {

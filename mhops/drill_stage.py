@@ -154,6 +154,9 @@ def stage(s: Settings, plan_only: bool = False) -> Staged:
                      "mhops_drill_staging_dir": str(folder or tempfile.gettempdir()),
                      "mhops_drill_transfer": "auto" if s.local else "fetch",
                      "mhops_drill_plan_only": plan_only}, True)
+        if o.status == runner.UNREACHABLE:  # the drill could not get its backup: it failed
+            return Staged(host=s.host, error=f"{s.host} is unreachable: {o.message}",
+                          folder=folder)
         msg = o.result.get("msg") if o.status == runner.OK else None
         if not isinstance(msg, dict):
             raise MhopsError(f"staging the backup on {s.host} failed ({o.status}): "

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -255,3 +256,19 @@ def test_ctrl_c_while_staging_tears_down_and_records(site):
     assert not list(site["scratch"].glob("mhops-stage-*"))
     # Cancelled mid-stage, the .in-use line may remain on purpose (the record says so).
     (site["backups"] / NAMES["postgresql"] / ".in-use").unlink(missing_ok=True)
+
+
+def test_unreachable_db_host_fails_the_drill(site, tmp_path):
+    data = yaml.safe_load(site["inventory"].read_text())
+    with socket.socket() as s:  # nothing will listen here: our own octet, a port just freed
+        s.bind(("127.0.0.61", 0))
+        port = s.getsockname()[1]
+    gone = dict(data["all"]["children"]["lab"]["hosts"][HOST], ansible_port=port)
+    inv = tmp_path / "gone.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"mhqgone": gone}}}))
+    out = drill.run(_opts(site, inventory=[str(inv)], limit="mhqgone", name=NAMES["postgresql"]))
+    r = out.record
+    assert out.exit_code == 2 and "mhqgone is unreachable" in r["reason"]
+    assert next(s for s in r["steps"] if s["step"] == "fetch")["status"] == "failed"
+    assert r["teardown"]["instance_stopped"] and r["teardown"]["folder_removed"]
+    _clean(site, "postgresql")
