@@ -320,6 +320,8 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
     "engine": "postgresql or mariadb", "backup": "backup file path, or latest (default)",
     "target": "scratch (default), HOST:PORT, host=..,port=..,dir=.., or an mhops_databases name",
     "name": "logical database name when several match", "inventory": "inventory (repeatable)",
+    "limit": "Ansible host pattern: the database host(s) holding the backup",
+    "check": "only show which backup would be restored where (nothing marked or fetched)",
     "lang": "zh-CN or en", "operator": "执行人",
     "smoke_day": "YYYY-MM-DD or today (default: backup day)",
     "department": "department code for the smoke query",
@@ -327,8 +329,8 @@ def db_maintain(c, inventory=None, limit=None, database=None, apply=False, force
     "prom_textfile": "also write <DIR>/mhops_drill.prom for node_exporter",
     "no_send": "do not send notifications for this run"})
 def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=None,
-          lang=None, operator=None, smoke_day=None, department=None, junit=None,
-          prom_textfile=None, no_send=False):
+          limit=None, lang=None, operator=None, smoke_day=None, department=None,
+          check=False, junit=None, prom_textfile=None, no_send=False):
     """`invoke drill restore`: restore a backup into a throwaway instance, verify, RTO/RPO."""
     from mhops import drill as drills
 
@@ -339,7 +341,8 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         records_dir=_path(m.records_dir),
         inventory=[str(_path(i))
                    for i in (inventory or [d.inventory or c.config.inspect.inventory])],
-        engine=engine, name=name, backup=backup or "latest", target=target or d.target,
+        limit=limit, engine=engine, name=name, backup=backup or "latest",
+        target=target or d.target,
         backup_dir=d.backup_dir or c.config.backup.dir, scratch_dir=d.scratch_dir,
         rto_target_minutes=float(d.rto_target_minutes),
         rpo_target_hours=float(d.rpo_target_hours),
@@ -348,7 +351,8 @@ def drill(c, what, engine=None, backup=None, target=None, name=None, inventory=N
         smoke_day=smoke_day or "", smoke_min_rows=int(d.smoke_min_rows),
         compare_source=bool(d.compare_source), jobs=int(d.jobs), lang=lang or m.lang,
         operator=operator or m.operator, timezone=m.timezone,
-        vault_password_file=m.vault_password_file or None)
+        vault_password_file=m.vault_password_file or None, check=check,
+        stage_local=d.stage_local or "direct")
     with _exits():
         targets = _targets(junit, prom_textfile)
         outcome = drills.run(opts)

@@ -10,15 +10,18 @@ alternately times
          Testinfra, row counts of every table, canary, sample checksums against the
          source, smoke query, teardown and the record),
 
-and prints the medians and `ratio drill/pg_restore: <x>` (target <= 1.3). The database
-and every temp folder are removed afterwards.
+and prints the medians and `ratio drill/pg_restore: <x>` (target <= 1.3). With
+`--remote-octet N` the same backup is also drilled as held by a loopback SSH host
+127.0.0.N, so the drill fetches it over SSH (playbooks/drill.yml) before restoring; that
+ratio is printed as well. The database and every temp folder are removed afterwards.
 
-    .venv/bin/python bench/drill.py --repeat 2
+    .venv/bin/python bench/drill.py --repeat 2 [--database mhq_bench] [--remote-octet 61]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -41,9 +44,9 @@ DB = "mhd_bench"
 TABLES = ("departments", "doctors", "patients", "appointments", "mhops_canary")
 
 
-def psql(sql: str, db: str = DB) -> str:
+def psql(sql: str, db: str | None = None) -> str:
     return subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h",
-                           "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql],
+                           "127.0.0.1", "-U", "postgres", "-d", db or DB, "-c", sql],
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -122,11 +125,13 @@ def floor(dump: Path, parent: Path) -> float:
     return time.monotonic() - t0
 
 
-def run_drill(dump: Path, parent: Path, records: Path, inventory: Path) -> tuple[float, float]:
+def run_drill(dump: Path, parent: Path, records: Path, inventory: Path,
+              limit: str | None = None, stage_local: str = "direct") -> tuple[float, float]:
     t0 = time.monotonic()
     out = drill.run(drill.Options(records_dir=records, inventory=[str(inventory)], name=DB,
-                                  backup=str(dump), scratch_dir=str(parent),
-                                  smoke_day="today", echo=lambda line: None))
+                                  limit=limit, backup=str(dump), scratch_dir=str(parent),
+                                  smoke_day="today", stage_local=stage_local,
+                                  echo=lambda line: None))
     took = time.monotonic() - t0
     if out.exit_code != 0:
         raise SystemExit(f"drill did not pass: {out.record['reason']}")
@@ -138,7 +143,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--min-mb", type=int, default=200)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--database", default="mhd_bench", help="name of the generated database")
+    ap.add_argument("--remote-octet", type=int, default=0,
+                    help="also drill the backup as held by a loopback SSH host 127.0.0.N "
+                         "(fetched over SSH) and print that ratio too")
+    ap.add_argument("--stage-local", choices=["direct", "ansible"], default="direct",
+                    help="how the drill stages a backup on this machine (drill.stage_local)")
     args = ap.parse_args()
+    global DB
+    DB = args.database
+    stack = contextlib.ExitStack()
     work = Path(tempfile.mkdtemp(prefix="mhd_bench_"))
     os.chmod(work, 0o711)  # the scratch servers run as postgres
     try:
@@ -149,25 +163,43 @@ def main() -> None:
             raise SystemExit(f"database is only {size / 2**20:.0f} MB: raise --scale")
         dump = backup(work / "backups")
         print(f"backup: {dump.stat().st_size / 2**20:.0f} MB")
+        dbs = [{"name": DB, "engine": "postgresql", "host": "127.0.0.1", "port": 5432,
+                "user": "postgres", "password": "", "database": DB, "production": False,
+                "backup_dir": str(work / "backups")}]
         inventory = work / "hosts.yml"
         inventory.write_text(json.dumps({"all": {"hosts": {"localhost": {
-            "ansible_connection": "local", "mhops_databases": [{
-                "name": DB, "engine": "postgresql", "host": "127.0.0.1", "port": 5432,
-                "user": "postgres", "password": "", "database": DB, "production": False,
-                "backup_dir": str(work / "backups")}]}}}}))
-        floors, drills, rtos = [], [], []
+            "ansible_connection": "local", "mhops_databases": dbs}}}}))
+        remote = None
+        if args.remote_octet:
+            from mhops.lab import SshLab
+
+            lab = stack.enter_context(SshLab(work / "lab", 1, first_octet=args.remote_octet,
+                                             prefix="benchdb"))
+            remote = work / "remote.yml"
+            lab.write_inventory(remote, hostvars={"benchdb1": {
+                "ansible_python_interpreter": sys.executable, "mhops_databases": dbs}})
+        floors, drills, rtos, fetched = [], [], [], []
         for i in range(args.repeat):
             floors.append(floor(dump, work))
-            d, rto = run_drill(dump, work, work / "records", inventory)
+            d, rto = run_drill(dump, work, work / "records", inventory,
+                               stage_local=args.stage_local)
             drills.append(d)
             rtos.append(rto)
-            print(f"round {i + 1}: pg_restore floor {floors[-1]:.1f} s, drill {d:.1f} s "
-                  f"(RTO {rto:.1f} s)")
+            line = (f"round {i + 1}: pg_restore floor {floors[-1]:.1f} s, drill {d:.1f} s "
+                    f"(RTO {rto:.1f} s)")
+            if remote:
+                fetched.append(run_drill(dump, work, work / "records", remote, "benchdb1")[0])
+                line += f", drill of the backup fetched over SSH {fetched[-1]:.1f} s"
+            print(line)
         f, d = statistics.median(floors), statistics.median(drills)
         print(f"median floor {f:.1f} s, median drill {d:.1f} s, "
               f"median RTO {statistics.median(rtos):.1f} s")
         print(f"ratio drill/pg_restore: {d / f:.2f}")
+        if fetched:
+            print(f"ratio drill (backup fetched over SSH)/pg_restore: "
+                  f"{statistics.median(fetched) / f:.2f}")
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
         psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", "postgres")
 

@@ -26,7 +26,8 @@ from mhops import drill
 from mhops.errors import MhopsError
 
 REPO = Path(__file__).resolve().parents[2]
-PG_DB, MY_DB = "mhd_drill_pg", "mhd_drill_my"
+# Per process: the full suite may run in several checkouts at once on the same servers.
+PG_DB, MY_DB = f"mhd_drill_pg_{os.getpid()}", f"mhd_drill_my_{os.getpid()}"
 TABLES = ("departments", "doctors", "patients", "appointments", "mhops_canary")
 
 _DDL = [

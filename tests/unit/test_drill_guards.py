@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mhops import drill
-from mhops.drill import Endpoint, refusals
+from mhops import drill_files, drill_guards, drill_rules
+from mhops.drill_guards import Endpoint, refusals
 from mhops.errors import MhopsError
 
 PROD = [
@@ -92,7 +92,7 @@ def test_production_endpoints_from_inventory_entries():
                {"name": "b", "engine": "mariadb", "production": False},
                {"name": "c", "engine": "mariadb", "port": 3307, "production": True,
                 "data_dir": "/d"}]
-    got = drill.production_endpoints(entries)
+    got = drill_guards.production_endpoints(entries)
     assert [(e.name, e.host, e.port, e.data_dir) for e in got] == [
         ("a", "h", 5432, None), ("c", "127.0.0.1", 3307, "/d")]
 
@@ -103,29 +103,30 @@ ENTRIES = [{"name": "his_pg", "engine": "postgresql", "host": "localhost", "port
 
 
 @pytest.mark.parametrize("spec, want", [
-    (None, drill.TargetSpec()),
-    ("scratch", drill.TargetSpec()),
-    ("127.0.0.1:6000", drill.TargetSpec(port=6000)),
-    ("[::1]:6000", drill.TargetSpec(host="::1", port=6000)),
-    ("port=6001,dir=/srv/drill", drill.TargetSpec(port=6001, parent="/srv/drill")),
-    ("his_pg", drill.TargetSpec(host="localhost", port=5432, entry="his_pg", production=True)),
-    ("drill_slot", drill.TargetSpec(port=55432, entry="drill_slot")),
+    (None, drill_guards.TargetSpec()),
+    ("scratch", drill_guards.TargetSpec()),
+    ("127.0.0.1:6000", drill_guards.TargetSpec(port=6000)),
+    ("[::1]:6000", drill_guards.TargetSpec(host="::1", port=6000)),
+    ("port=6001,dir=/srv/drill", drill_guards.TargetSpec(port=6001, parent="/srv/drill")),
+    ("his_pg", drill_guards.TargetSpec(host="localhost", port=5432, entry="his_pg",
+                                       production=True)),
+    ("drill_slot", drill_guards.TargetSpec(port=55432, entry="drill_slot")),
 ])
 def test_parse_target(spec, want):
-    assert drill.parse_target(spec, ENTRIES) == want
+    assert drill_guards.parse_target(spec, ENTRIES) == want
 
 
 @pytest.mark.parametrize("spec", ["nonsense", "port=x", "colour=red", "port=1,foo"])
 def test_parse_target_rejects_bad_specs(spec):
     with pytest.raises(MhopsError, match="--target"):
-        drill.parse_target(spec, ENTRIES)
+        drill_guards.parse_target(spec, ENTRIES)
 
 
 def test_named_production_target_is_refused_end_to_end_in_pure_rules():
-    spec = drill.parse_target("his_pg", ENTRIES)
+    spec = drill_guards.parse_target("his_pg", ENTRIES)
     target = Endpoint("postgresql", spec.host, spec.port, name=spec.entry,
                       production=spec.production)
-    reasons = refusals(target, drill.production_endpoints(ENTRIES), {})
+    reasons = refusals(target, drill_guards.production_endpoints(ENTRIES), {})
     assert any("marked production" in r for r in reasons)
     assert any("same host and port" in r for r in reasons)
 
@@ -136,34 +137,34 @@ def test_pick_latest_uses_the_name_stamp_and_needs_a_manifest():
              "pg-20250401T000000Z.dump",  # still being written: no manifest yet
              "pg2-20260101T000000Z.dump", "pg2-20260101T000000Z.manifest.json",
              ".pg-20260101T000000Z.dump.partial", ".in-use"]
-    assert drill.pick_latest(files, "pg") == "pg-20250301T000000Z.dump"
-    assert drill.pick_latest(files, "pg2") == "pg2-20260101T000000Z.dump"
-    assert drill.pick_latest(files, "my") is None
-    assert drill.pick_latest(["my-20250101T000000Z.sql.gz",
+    assert drill_files.pick_latest(files, "pg") == "pg-20250301T000000Z.dump"
+    assert drill_files.pick_latest(files, "pg2") == "pg2-20260101T000000Z.dump"
+    assert drill_files.pick_latest(files, "my") is None
+    assert drill_files.pick_latest(["my-20250101T000000Z.sql.gz",
                               "my-20250101T000000Z.manifest.json"], "my") \
         == "my-20250101T000000Z.sql.gz"
 
 
 def test_compare_counts():
-    got = drill.compare_counts({"a": 10, "b": 5, "c": 100}, {"a": 10, "b": 4, "c": 101})
+    got = drill_rules.compare_counts({"a": 10, "b": 5, "c": 100}, {"a": 10, "b": 4, "c": 101})
     assert [r["status"] for r in got] == ["ok", "failed", "failed"]
-    assert drill.compare_counts({"c": 100}, {"c": 101}, tolerance=0.01)[0]["status"] == "ok"
-    missing = drill.compare_counts({"x": 0}, {})[0]
+    assert drill_rules.compare_counts({"c": 100}, {"c": 101}, tolerance=0.01)[0]["status"] == "ok"
+    missing = drill_rules.compare_counts({"x": 0}, {})[0]
     assert missing["status"] == "failed" and "missing" in missing["reason"]
 
 
 def test_sample_tables_prefers_config_then_smallest_non_empty():
     counts = {"public.big": 1000, "public.mhops_canary": 1, "public.empty": 0,
               "public.dept": 20, "public.doc": 100}
-    assert drill.sample_tables(counts, [], "mhops_canary") == ["public.dept", "public.doc"]
-    assert drill.sample_tables(counts, ["public.big"], "mhops_canary") == ["public.big"]
+    assert drill_rules.sample_tables(counts, [], "mhops_canary") == ["public.dept", "public.doc"]
+    assert drill_rules.sample_tables(counts, ["public.big"], "mhops_canary") == ["public.big"]
 
 
 def test_verdicts():
-    assert drill.against_target(10, 60) == "ok"
-    assert drill.against_target(61, 60) == "warning"
-    assert drill.against_target(None, 60) == "unknown"
-    assert drill.outcome_of(["ok", "skipped"], "ok", "ok") == "passed"
-    assert drill.outcome_of(["ok"], "warning", "ok") == "warning"
-    assert drill.outcome_of(["ok", "failed"], "ok", "ok") == "failed"
-    assert drill.EXIT == {"passed": 0, "warning": 1, "failed": 2}
+    assert drill_rules.against_target(10, 60) == "ok"
+    assert drill_rules.against_target(61, 60) == "warning"
+    assert drill_rules.against_target(None, 60) == "unknown"
+    assert drill_rules.outcome_of(["ok", "skipped"], "ok", "ok") == "passed"
+    assert drill_rules.outcome_of(["ok"], "warning", "ok") == "warning"
+    assert drill_rules.outcome_of(["ok", "failed"], "ok", "ok") == "failed"
+    assert drill_rules.EXIT == {"passed": 0, "warning": 1, "failed": 2}

@@ -1,0 +1,1 @@
+../../../mhops/drill_files.py
