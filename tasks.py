@@ -660,25 +660,31 @@ def _start_databases(c) -> None:
             time.sleep(0.5)
 
 
+def _apt_install_missing(present: dict[str, bool]) -> None:
+    """Install the Debian packages the tests need that this machine lacks (one apt run)."""
+    missing = [pkg for pkg, ok in present.items() if not ok]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise Exit(f"the tests need these Debian packages: {' '.join(missing)}", 3)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                   check=True, env=env)
+
+
 @task(help={"pytest_args": "extra arguments for pytest", "lint": "run ruff and ansible-lint"})
 def test(c, pytest_args="", lint=True):
-    """Run the whole test suite (installs openssh-server, starts databases when needed)."""
+    """Run the whole test suite (installs sshd, Chromium, CJK fonts; starts databases)."""
     _start_databases(c)
-    if not Path("/usr/sbin/sshd").exists():
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise Exit("the integration tests need /usr/sbin/sshd: install openssh-server", 3)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        "openssh-server"], check=True, env=env)
-    # The report tests render documents in headless Chromium (PNG, and the bundle's PDF).
-    if not shutil.which("chromium"):
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise Exit("the report tests need chromium: install Debian's chromium package", 3)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        "chromium"], check=True, env=env)
+    _apt_install_missing({
+        # the integration tests start their own sshd on loopback addresses
+        "openssh-server": Path("/usr/sbin/sshd").exists(),
+        # the report tests render documents in headless Chromium (PNG, the bundle's PDF)
+        "chromium": bool(shutil.which("chromium")),
+        # Chinese text in those PDFs and screenshots instead of empty boxes
+        "fonts-noto-cjk": Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc").exists(),
+    })
     bindir = Path(sys.executable).parent
     with c.cd(str(ROOT)):
         if lint:
