@@ -588,7 +588,9 @@ def upgrade(c, component=None, version=None, rollback_plan=False, check=False, y
             max_fail_percentage=float(max_fail_percentage if max_fail_percentage is not None
                                       else cfg.max_fail_percentage),
             keep=int(cfg.keep), backup_max_age_hours=float(cfg.backup_max_age_hours),
-            switch_delay_s=int(cfg.switch_delay_s)))
+            switch_delay_s=int(cfg.switch_delay_s), backup_dir=str(c.config.backup.dir),
+            backup_keep=int(c.config.backup.keep),
+            backup_compress=str(c.config.backup.compress)))
     _after_run(c, outcome, targets, common["inventory"], send=False)
     _exit_with(outcome)
 

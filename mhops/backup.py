@@ -201,6 +201,14 @@ def _selected(inventory: list[str], limit: str | None, only: list[str],
     return selection, chosen
 
 
+def locate(inventory: list[str], names: list[str], vault_password_file: str | None = None
+           ) -> list[tuple[Host, dict]]:
+    """(host, entry) of every `mhops_databases` entry named in `names`, over the whole
+    inventory; a name no host has is an error."""
+    _, chosen = _selected(inventory, None, list(names), vault_password_file)
+    return [(h, d) for h, dbs in chosen for d in dbs]
+
+
 # ---------------------------------------------------------------- backup.run
 
 @dataclass

@@ -26,7 +26,7 @@ MODULE = REPO / "roles" / "mhops_release" / "library" / "mhops_release.py"
 REQUIRED = ("app_root", "health_url", "version_url", "port", "pidfile", "start", "reload",
             "stop")
 OPTIONAL = ("address", "process", "log", "database", "services", "error_pattern",
-            "expected_downtime_s")
+            "expected_downtime_s", "backup_database")
 _MIGRATION = re.compile(r"^migrations/(?P<id>[0-9]{4}_[A-Za-z0-9_]+)\.(?P<step>up|down)\.sql$")
 
 

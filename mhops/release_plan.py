@@ -7,6 +7,7 @@ it touches a host is computed here from plain data, so the rules are unit-tested
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,12 +65,14 @@ class Risk:
 
 def assess(facts: dict[str, dict[str, Any]], *, version: str, pending_up: list[str],
            down_steps: dict[str, bool], tarball_bytes: int, backup_max_age_hours: float,
-           allow_downgrade: bool) -> Risk:
+           allow_downgrade: bool,
+           database_backups: list[dict[str, Any]] | None = None) -> Risk:
     """Risk level with reasons from per-host probe facts (see ``mhops.releases.probe``).
 
     Each reason: ``{"code", "level", "host" (or None), "detail"}``. ``blocking`` holds
     reasons no ``--yes`` can override (an unreachable host cannot be upgraded or rolled
-    back; a downgrade needs ``--allow-downgrade``).
+    back; a downgrade needs ``--allow-downgrade``; a database backup that failed).
+    `database_backups` are the platform databases' backups (see ``backup_reasons``).
     """
     reasons: list[dict[str, Any]] = []
     blocking: list[str] = []
@@ -120,9 +123,86 @@ def assess(facts: dict[str, dict[str, Any]], *, version: str, pending_up: list[s
         else:
             add("migration_no_down", HIGH, f"migration {mid} has no down step: rollback "
                                            "restores the database backup")
+    more, stops = backup_reasons(database_backups or [], backup_max_age_hours)
+    reasons += more
+    blocking += stops
     rank = {LOW: 0, MEDIUM: 1, HIGH: 2}
     level = max((r["level"] for r in reasons), key=rank.__getitem__, default=LOW)
     return Risk(level=level, reasons=reasons, blocking=blocking)
+
+
+def backup_verdict(target: dict[str, Any] | None) -> tuple[bool, str]:
+    """Can a ``backup.check`` target's newest backup serve an upgrade, and why (not)?
+
+    Usable means: it exists, its age passed (the check ran with the upgrade's limit as
+    RPO), and its checksum and integrity passed. A size anomaly alone does not make a
+    fresh, intact backup unusable.
+    """
+    if not target or not target.get("newest"):
+        why = next((i["explanation"] for i in (target or {}).get("items", [])
+                    if i.get("check") in ("exists", "reach")), "no backup found")
+        return False, why
+    items = {i["check"]: i for i in target.get("items", [])}
+    for check in ("age", "checksum", "integrity"):
+        item = items.get(check)
+        if item is None or item.get("status") != "normal":
+            what = {"age": "too old", "checksum": "checksum does not match its manifest",
+                    "integrity": "empty or truncated"}[check]
+            return False, f"newest backup {target['newest']['file']} is {what}" + \
+                (f": {item['explanation']}" if item else "")
+    return True, f"newest backup {target['newest']['file']} is fresh and intact"
+
+
+def restore_command(entry: dict[str, Any], path: str) -> str:
+    """The shell command that restores `entry` (an mhops_databases entry) from `path`.
+
+    Run on the database host. Passwords never appear: the client reads them from
+    ~/.pgpass / ~/.my.cnf (or PGPASSWORD / MYSQL_PWD) as the backup job does.
+    """
+    q = shlex.quote
+    host, db = str(entry.get("host") or "127.0.0.1"), str(entry["database"])
+    if entry["engine"] == "postgresql":
+        port, user = entry.get("port") or 5432, entry.get("user") or "postgres"
+        return (f"pg_restore --clean --if-exists --single-transaction --exit-on-error "
+                f"--no-owner -h {q(host)} -p {int(port)} -U {q(user)} -d {q(db)} {q(path)}")
+    port, user = entry.get("port") or 3306, entry.get("user") or "root"
+    client = f"mariadb -h {q(host)} -P {int(port)} -u {q(user)} {q(db)}"
+    for suffix, tool in ((".gz", "gzip"), (".zst", "zstd")):
+        if path.endswith(suffix):
+            return f"bash -o pipefail -c {q(f'{tool} -dc {q(path)} | {client}')}"
+    return f"{client} < {q(path)}"
+
+
+def backup_reasons(dbs: list[dict[str, Any]], max_age_hours: float
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Risk reasons and blocking reasons for the platform databases' backups.
+
+    Each entry has ``name``, ``host``, ``state`` (fresh, stale, taken or failed),
+    ``file``, ``age_hours`` and ``reason``.
+    """
+    reasons: list[dict[str, Any]] = []
+    blocking: list[str] = []
+    for d in dbs:
+        label = f"database backup {d['name']}"
+        if d["state"] == "fresh":
+            reasons.append({"code": "database_backup_fresh", "level": LOW, "host": d["host"],
+                            "detail": f"{label}: {d['file']}, {d['age_hours']:g} h old "
+                                      f"(limit {max_age_hours:g} h)"})
+        elif d["state"] == "taken":
+            reasons.append({"code": "database_backup_taken", "level": LOW, "host": d["host"],
+                            "detail": f"{label} taken before deploying ({d['reason']}): "
+                                      f"{d['file']}"})
+        elif d["state"] == "stale":
+            reasons.append({"code": "database_backup_stale", "level": MEDIUM,
+                            "host": d["host"],
+                            "detail": f"{label}: {d['reason']} (limit {max_age_hours:g} h): "
+                                      "a new one is taken before deploying"})
+        else:
+            reasons.append({"code": "database_backup_failed", "level": HIGH,
+                            "host": d["host"], "detail": f"{label} failed: {d['reason']}"})
+            blocking.append(f"{d['host']}: {label} failed ({d['reason']}); no upgrade "
+                            "without a backup to return to")
+    return reasons, blocking
 
 
 def triggers() -> list[str]:
@@ -133,8 +213,13 @@ def triggers() -> list[str]:
 
 
 def host_plan(host: str, facts: dict[str, Any], *, component: str, new_release: str,
-              cfg: dict[str, Any], pending_up: list[str]) -> dict[str, Any]:
-    """What rolling back `host` means: release, migrations, backup, exact steps/commands."""
+              cfg: dict[str, Any], pending_up: list[str],
+              database_backups: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What rolling back `host` means: release, migrations, backups, exact steps/commands.
+
+    A platform database backup is restored only by an operator's decision (it discards
+    every write since, payments included): its command is the plan's last, manual step.
+    """
     target = facts.get("current")
     app_root = cfg.get("app_root", "")
     applied = list(facts.get("applied") or [])
@@ -153,11 +238,20 @@ def host_plan(host: str, facts: dict[str, Any], *, component: str, new_release: 
     steps.append(f"verify: process {cfg.get('process', '')}, port {cfg.get('port', '')}, "
                  f"{cfg.get('health_url', '')} -> 200, {cfg.get('version_url', '')} -> "
                  f"{facts.get('current_version')}, no new error lines in {cfg.get('log', '')}")
+    dbs = [d for d in database_backups or [] if d.get("name") == cfg.get("backup_database")]
+    for d in dbs:
+        if d.get("restore_command"):
+            steps.append(f"# manual, only if {d['name']} must return to its state before the "
+                         f"upgrade (discards later writes): on {d['host']}: "
+                         f"{d['restore_command']}")
     return {"host": host, "target": target, "target_version": facts.get("current_version"),
             "failed": new_release, "keep_migrations": applied,
             "backup": (facts.get("backup") or {}).get("path"),
             "backup_note": "taken before migrating (shared/backups/…-before-"
                            f"{new_release}-*.db)" if pending_up else "no migration: none needed",
+            "database_backups": [{k: d.get(k) for k in ("name", "host", "engine", "path",
+                                                        "sha256", "size", "restore_command")}
+                                 for d in dbs],
             "steps": steps}
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mhops import records, runner, state
+from mhops import release_backup as rbk
 from mhops import release_hosts as rh
 from mhops import release_plan as rp
 from mhops import release_verify as rv
@@ -88,6 +89,10 @@ class UpgradeOptions(Options):
     keep: int = 5
     backup_max_age_hours: float = 24.0
     switch_delay_s: int = 0
+    # For components naming a platform database (backup_database): backup.* settings.
+    backup_dir: str = "/var/backups/mhops"
+    backup_keep: int = 7
+    backup_compress: str = "none"
 
 
 @dataclass
@@ -396,22 +401,40 @@ def _upgrade_locked(ctx: _Ctx, opts: UpgradeOptions) -> records.Outcome:
     ups = sorted(m for m, s in tar["migrations"].items() if s.get("up"))
     pending = [m for m in ups if any(m not in (f.get("applied") or []) for f in facts.values()
                                      if f.get("reachable"))]
-    risk = rp.assess(facts, version=opts.version, pending_up=pending,
-                     down_steps={m: bool(tar["migrations"][m].get("down")) for m in ups},
-                     tarball_bytes=tar["size"], backup_max_age_hours=opts.backup_max_age_hours,
-                     allow_downgrade=opts.allow_downgrade)
-    release = rp.release_name(opts.version, ctx.started)
-    plans = {h: rp.host_plan(h, facts[h], component=opts.component, new_release=release,
-                             cfg=ctx.cfgs[h], pending_up=pending)
-             for h in names if facts[h].get("reachable")}
-    batches = rp.batches(names, opts.serial)
+    bset = _backup_settings(opts)
+    dbs = rbk.check(bset, rbk.wanted(ctx.hosts, ctx.cfgs, opts.component))
+
+    def assess() -> rp.Risk:
+        return rp.assess(facts, version=opts.version, pending_up=pending,
+                         down_steps={m: bool(tar["migrations"][m].get("down")) for m in ups},
+                         tarball_bytes=tar["size"],
+                         backup_max_age_hours=opts.backup_max_age_hours,
+                         allow_downgrade=opts.allow_downgrade, database_backups=dbs)
+
+    risk = assess()
     _step(ctx, "risk_assessment", t0, names, not risk.blocking,
           f"risk {risk.level}" + (": " + "; ".join(risk.blocking) if risk.blocking else ""))
+    confirmed = opts.yes or risk.level != rp.HIGH
+    # The backup is taken only when the upgrade goes ahead, and before the plan that
+    # names it is written.
+    if not risk.blocking and not opts.check and confirmed and \
+            any(d["state"] == "stale" for d in dbs):
+        t1 = _now()
+        rbk.take(bset, dbs)
+        bad = [f"{d['name']}@{d['host']}: {d['reason']}" for d in dbs if d["state"] == "failed"]
+        _step(ctx, "database_backup", t1, sorted({d["host"] for d in dbs}), not bad,
+              "; ".join(bad) or ", ".join(d["file"] for d in dbs if d["state"] == "taken"))
+        risk = assess()
+    release = rp.release_name(opts.version, ctx.started)
+    plans = {h: rp.host_plan(h, facts[h], component=opts.component, new_release=release,
+                             cfg=ctx.cfgs[h], pending_up=pending, database_backups=dbs)
+             for h in names if facts[h].get("reachable")}
+    batches = rp.batches(names, opts.serial)
     run_id = records.run_id("upgrade", ctx.started)
     base = {"run_id": run_id, "facts": facts, "tar": tar, "old": old, "risk": risk,
             "plans": plans, "batches": batches, "release": release,
-            "version_from": version_from, "pending": pending}
-    confirmed = opts.yes or risk.level != rp.HIGH
+            "version_from": version_from, "pending": pending,
+            "database_backups": rbk.public(dbs)}
     outcome = "failed" if risk.blocking else "planned"
     plan_record = _upgrade_record(ctx, base, outcome=outcome, check=opts.check,
                                   note="" if confirmed or risk.blocking else "needs_yes")
@@ -431,6 +454,15 @@ def _upgrade_locked(ctx: _Ctx, opts: UpgradeOptions) -> records.Outcome:
         return records.Outcome(1, plan_dir, plan_record)
     base["plan_run_id"] = plan_dir.name
     return _deploy(ctx, opts, base)
+
+
+def _backup_settings(opts: UpgradeOptions) -> rbk.Settings:
+    return rbk.Settings(
+        inventory=opts.inventory, records_dir=opts.records_dir, state_dir=opts.state_dir,
+        max_age_hours=opts.backup_max_age_hours, backup_dir=opts.backup_dir,
+        keep=opts.backup_keep, compress=opts.backup_compress, lang=opts.lang,
+        operator=opts.operator, timezone=opts.timezone,
+        vault_password_file=opts.vault_password_file, echo=opts.echo)
 
 
 def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Outcome:
@@ -691,6 +723,7 @@ def _upgrade_record(ctx: _Ctx, base: dict[str, Any], *, outcome: str, check: boo
                             "backup_age_hours": facts[h].get("backup_age_hours"),
                             "applied_migrations": facts[h].get("applied"),
                             "error": facts[h].get("error")} for h in names]},
+        "database_backups": base.get("database_backups") or [],
         "plan": {"plan_run_id": base.get("plan_run_id"), "release": base["release"],
                  "triggers": rp.triggers(), "hosts": list(base["plans"].values())},
         "scope": {"inventory": list(ctx.selection.sources), "limit": ctx.selection.limit},

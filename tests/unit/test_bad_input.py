@@ -144,3 +144,9 @@ def test_sample_hospital_inventory_is_valid():
         collector_args(h)  # every group's settings pass validation
     pg = next(h for h in sel.hosts if h.name == "db-pg01")
     assert collector_args(pg)[1]["disk_percent"] == {"warning": 85, "critical": 92}
+    from mhops import backup, release_hosts
+
+    assert [d["name"] for d in backup.database_entries(pg)] == ["his_mp_pg"]
+    api = [h.name for h in sel.hosts if release_hosts.settings(h, "mp-api")]
+    assert api == ["wx-api01", "ali-api01", "bd-api01"]
+    assert [h.name for h, _ in backup.locate([str(inv)], ["his_mp_pg"])] == ["db-pg01"]

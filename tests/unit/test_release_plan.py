@@ -96,6 +96,81 @@ def test_downgrade_and_unreachable_block():
     assert not ok.blocking and ok.level == "high"
 
 
+def _target(age="normal", checksum="normal", integrity="normal", newest=True):
+    items = [{"check": "age", "status": age, "explanation": "30 h"},
+             {"check": "size", "status": "warning", "explanation": "shrank"},
+             {"check": "checksum", "status": checksum, "explanation": "sha256 differs"},
+             {"check": "integrity", "status": integrity, "explanation": "no footer"}]
+    if not newest:
+        items = [{"check": "exists", "status": "critical", "explanation": "no backup in /b"}]
+    return {"newest": {"file": "app-20261128T000000Z.dump"} if newest else None,
+            "items": items}
+
+
+@pytest.mark.parametrize("target,usable,word", [
+    (_target(), True, "fresh and intact"),
+    (_target(age="critical"), False, "too old"),
+    (_target(checksum="critical"), False, "checksum"),
+    (_target(integrity="critical"), False, "truncated"),
+    (_target(newest=False), False, "no backup in /b"),
+    (None, False, "no backup found"),
+])
+def test_backup_verdict(target, usable, word):
+    ok, why = rp.backup_verdict(target)
+    assert ok is usable and word in why
+
+
+@pytest.mark.parametrize("entry,path,expect", [
+    ({"engine": "postgresql", "database": "his app", "host": "db1", "port": 5433,
+      "user": "ops", "password": "never-shown"}, "/b/x.dump",
+     "pg_restore --clean --if-exists --single-transaction --exit-on-error --no-owner "
+     "-h db1 -p 5433 -U ops -d 'his app' /b/x.dump"),
+    ({"engine": "mariadb", "database": "app"}, "/b/x.sql",
+     "mariadb -h 127.0.0.1 -P 3306 -u root app < /b/x.sql"),
+    ({"engine": "mariadb", "database": "app"}, "/b/x.sql.zst",
+     "bash -o pipefail -c 'zstd -dc /b/x.sql.zst | mariadb -h 127.0.0.1 -P 3306 -u root "
+     "app'"),
+])
+def test_restore_command(entry, path, expect):
+    assert rp.restore_command(entry, path) == expect
+    assert "never-shown" not in rp.restore_command(entry, path)
+
+
+def _db(state, **kw):
+    d = {"name": "his_pg", "host": "db1", "state": state, "file": "f.dump",
+         "age_hours": 2.0, "reason": "no backup found"}
+    d.update(kw)
+    return d
+
+
+@pytest.mark.parametrize("state,level,code,blocks", [
+    ("fresh", "low", "database_backup_fresh", False),
+    ("taken", "low", "database_backup_taken", False),
+    ("stale", "medium", "database_backup_stale", False),
+    ("failed", "high", "database_backup_failed", True),
+])
+def test_database_backup_risk(state, level, code, blocks):
+    r = rp.assess({"h": _facts()}, version="1.1.0", pending_up=[], down_steps={},
+                  tarball_bytes=1000, backup_max_age_hours=24, allow_downgrade=False,
+                  database_backups=[_db(state)])
+    assert r.level == level and code in {x["code"] for x in r.reasons}
+    assert bool(r.blocking) is blocks
+
+
+def test_plan_names_the_database_backup_and_its_restore_command():
+    cfg = {"app_root": "/srv/a", "backup_database": "his_pg"}
+    dbs = [_db("taken", path="/b/f.dump", sha256="ab" * 32, engine="postgresql",
+               restore_command="pg_restore … /b/f.dump"),
+           _db("fresh", name="other", restore_command="x")]
+    plan = rp.host_plan("h", {"current": "1.0.0-20261128T000000Z", "current_version": "1.0.0"},
+                        component="a", new_release="2.0.0-20261128T010000Z", cfg=cfg,
+                        pending_up=[], database_backups=dbs)
+    assert [d["name"] for d in plan["database_backups"]] == ["his_pg"]
+    assert plan["database_backups"][0]["sha256"] == "ab" * 32
+    assert plan["steps"][-1].startswith("# manual") and "pg_restore … /b/f.dump" in \
+        plan["steps"][-1]
+
+
 def test_modules_changed():
     got = rp.modules_changed({"app.py": "1", "migrations/a.sql": "x", "gone.txt": "g"},
                              {"app.py": "2", "migrations/a.sql": "x", "migrations/b.sql": "y"})
@@ -117,8 +192,11 @@ def test_cleanup_never_deletes_protected_and_keeps_newest(ns, keep, data):
     assert set(delete) | set(kept) == set(ns) and not set(delete) & set(kept)
     assert len(kept) >= min(keep, len(ns))
     if delete:  # everything deleted is older than every unprotected release kept
-        newest_deleted = max(M.parse_name(n)[1] for n in delete)
-        assert all(M.parse_name(k)[1] > newest_deleted for k in kept if k not in protected)
+        # Two releases stamped in the same second are ordered by name, as by_stamp does.
+        def key(n):
+            return (M.parse_name(n)[1], n)
+        newest_deleted = max(key(n) for n in delete)
+        assert all(key(k) > newest_deleted for k in kept if k not in protected)
 
 
 def test_cleanup_refuses_keep_below_two():
