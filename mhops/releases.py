@@ -526,7 +526,9 @@ def _deploy(ctx: _Ctx, opts: UpgradeOptions, base: dict[str, Any]) -> records.Ou
                 if r["changed"] or per_host[h]["outcome"] != "pending":
                     per_host[h]["outcome"] = "rolled_back" if r["ok"] else "rollback_failed"
                     per_host[h]["rollback"] = r
-            rb = _rollback_record(ctx, run_id=rb_id, reason="automatic", trigger=failure or
+            rb = _rollback_record(ctx, run_id=rb_id,
+                                  reason="automatic" if failure else "tolerated_failure",
+                                  trigger=failure or
                                   "failures within max_fail_percentage", results=results,
                                   version_from=opts.version, upgrade_run_id=base["run_id"],
                                   plans={h: plans[h] for h in to_roll})

@@ -2,8 +2,10 @@
 
 The release it was unpacked from (``release.json`` beside this file) says which
 version it serves; ``broken_health`` makes a release whose health check fails after
-start, as a bad release would. Data and logs live in the component's shared folder,
-linked into each release as ``data/`` and ``logs/``.
+start, as a bad release would; a file ``config/fail-<version>`` makes that version fail
+the same way on this host only (tests of a failure on some hosts of a batch). Data,
+logs and config live in the component's shared folder, linked into each release as
+``data/``, ``logs/`` and ``config/``.
 """
 
 import json
@@ -27,6 +29,8 @@ def log(level, message):
 def health():
     if META.get("broken_health"):
         return False, "queue backend not configured"
+    if os.path.exists(os.path.join(HERE, "config", "fail-" + META["version"])):
+        return False, "this host's configuration does not support this version"
     try:
         with sqlite3.connect(DB, timeout=2) as db:
             applied = {r[0] for r in db.execute("SELECT id FROM mhops_schema_migrations")}
