@@ -17,6 +17,7 @@ live in a temp folder that is removed afterwards.
 
     .venv/bin/python bench/report.py --repeat 3
     .venv/bin/python bench/report.py --pdf off
+    .venv/bin/python bench/report.py --renderer chromium   # the full browser
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ def child_read(folder: Path) -> dict:
     return {"seconds": time.perf_counter() - t0, "bytes": n}
 
 
-def child_bundle(folder: Path, out: Path, pdf: str, redact_sheets: str) -> dict:
+def child_bundle(folder: Path, out: Path, pdf: str, redact_sheets: str,
+                 renderer: str | None) -> dict:
     from mhops import report
 
     t0 = time.perf_counter()
     r = report.run(report.Options(what="quarterly", records_dir=folder, out_dir=out,
                                   period="2026Q4", pdf=pdf, redact_sheets=redact_sheets,
+                                  chromium=renderer,
                                   generated_at=datetime(2027, 1, 2, tzinfo=UTC),
                                   echo=lambda _: None))
     return {"seconds": time.perf_counter() - t0, "zip_bytes": r.path.stat().st_size}
@@ -76,6 +79,8 @@ def main() -> None:
     ap.add_argument("--pdf", choices=("auto", "off"), default="auto")
     ap.add_argument("--redact-sheets", choices=("auto", "all"), default="auto",
                     help="all: scrub the inspection sheets again too (slow)")
+    ap.add_argument("--renderer", help="the PDF renderer (default: as the report finds it, "
+                    "chromium-headless-shell before chromium)")
     ap.add_argument("--child", choices=("read", "bundle"))
     ap.add_argument("--folder")
     ap.add_argument("--out")
@@ -84,7 +89,7 @@ def main() -> None:
         if a.child == "read":
             res = child_read(Path(a.folder))
         else:
-            res = child_bundle(Path(a.folder), Path(a.out), a.pdf, a.redact_sheets)
+            res = child_bundle(Path(a.folder), Path(a.out), a.pdf, a.redact_sheets, a.renderer)
         res["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         res["children_maxrss_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print(json.dumps(res))
@@ -112,7 +117,8 @@ def main() -> None:
             for mode in modes:
                 b = run_child(["--child", "bundle", "--folder", str(folder), "--out",
                                str(tmp / "out"), "--pdf", mode, "--redact-sheets",
-                               a.redact_sheets])
+                               a.redact_sheets, *(["--renderer", a.renderer] if a.renderer
+                                                  else [])])
                 zips[mode] = b["zip_bytes"]
                 if i:
                     bundles[mode].append(b["seconds"])
@@ -122,7 +128,7 @@ def main() -> None:
         print(f"read all records: median {read_m:.3f} s ({r['bytes'] / 1e6:.1f} MB)")
         from mhops.report_output import find_chromium
 
-        renderer = find_chromium() if a.pdf == "auto" else None
+        renderer = find_chromium(a.renderer) if a.pdf == "auto" else None
         for mode in modes:
             label = f"index.pdf by {Path(renderer).name}" if mode == "auto" and renderer \
                 else "no PDF"

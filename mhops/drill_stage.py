@@ -13,6 +13,7 @@ folders, removed after the drill, and swept when a drill killed outright left on
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -140,14 +141,21 @@ def stage(s: Settings, plan_only: bool = False) -> Staged:
     if s.direct:
         return _stage_here(s, plan_only)
     folder = None
-    if not s.local and not plan_only:
-        parent = Path(s.staging_parent or tempfile.gettempdir())
-        parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(parent)
-        folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
-        os.chmod(folder, 0o700)
-        (folder / "owner").write_text(f"{os.getpid()}\n")
     try:
+        if not s.local and not plan_only:
+            parent = Path(s.staging_parent or tempfile.gettempdir())
+            parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale(parent)
+            # Named before it exists: a Ctrl-C the moment it is made still finds it in
+            # `folder` and removes it (mkdtemp returning it would leave a gap; a test
+            # that signals when the folder appears found that gap).
+            folder = parent / f"{PREFIX}{secrets.token_hex(8)}"
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:
+                folder = None       # not ours
+                raise
+            (folder / "owner").write_text(f"{os.getpid()}\n")
         o = _run(s, {"mhops_drill_action": "stage", "mhops_drill_name": s.name,
                      "mhops_drill_backup": s.backup or "latest",
                      "mhops_drill_backup_dir": s.backup_dir or DEFAULT_BACKUP_DIR,

@@ -243,19 +243,22 @@ def test_ctrl_c_while_staging_tears_down_and_records(site):
     while not list(site["scratch"].glob("mhops-stage-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    rc = proc.wait(timeout=60)
-    stderr = proc.stderr.read()
-    assert rc == 2, stderr
-    newest = max((p for p in site["records"].iterdir() if p.name.endswith("-drill")),
-                 key=lambda p: p.stat().st_mtime)
-    r = json.loads((newest / "record.json").read_text())
-    assert r["interrupted"] is True and "SIGINT" in r["reason"]
-    assert r["teardown"]["instance_stopped"] and r["teardown"]["folder_removed"]
-    assert not list(site["scratch"].glob("mhops-drill-*"))
-    assert not list(site["scratch"].glob("mhops-stage-*"))
-    # Cancelled mid-stage, the .in-use line may remain on purpose (the record says so).
-    (site["backups"] / NAMES["postgresql"] / ".in-use").unlink(missing_ok=True)
+    try:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+        stderr = proc.stderr.read()
+        assert rc == 2, stderr
+        newest = max((p for p in site["records"].iterdir() if p.name.endswith("-drill")),
+                     key=lambda p: p.stat().st_mtime)
+        r = json.loads((newest / "record.json").read_text())
+        assert r["interrupted"] is True and "SIGINT" in r["reason"]
+        assert r["teardown"]["instance_stopped"] and r["teardown"]["folder_removed"]
+        assert not list(site["scratch"].glob("mhops-drill-*"))
+        assert not list(site["scratch"].glob("mhops-stage-*"))
+    finally:
+        # Cancelled mid-stage, the .in-use line may remain on purpose (the record says
+        # so); removed even when an assertion fails, so the next test starts clean.
+        (site["backups"] / NAMES["postgresql"] / ".in-use").unlink(missing_ok=True)
 
 
 def test_unreachable_db_host_fails_the_drill(site, tmp_path):
